@@ -1,0 +1,591 @@
+//! The cluster handle ([`Rados`]): connect, timeouts, version check, cluster-level queries.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::AddrVec;
+use crate::error::{Context, Error, Result, check};
+use crate::ioctx::IoCtx;
+use crate::sys;
+use crate::util::{cstring, from_buf, grow_buffer, split_nul_list};
+
+/// Minimum librbd version: 1.16.0 ships with Ceph 16.2 (Pacific).
+pub const MIN_LIBRBD: (i32, i32, i32) = (1, 16, 0);
+/// Minimum librados version (the C API's version; 3.0.0 since Ceph 12).
+pub const MIN_LIBRADOS: (i32, i32, i32) = (3, 0, 0);
+
+/// Client-side timeouts applied to every connection.
+///
+/// These bound every librados and librbd call: a call that cannot reach a mon or an OSD
+/// fails with [`crate::ErrorKind::Timeout`] instead of blocking forever. Ceph's own defaults
+/// are "wait forever" for OSD and mon ops, which is what makes a down cluster freeze other
+/// tools; ours are finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `rados_mon_op_timeout`: mon commands and map requests.
+    pub mon_op: Duration,
+    /// `rados_osd_op_timeout`: every OSD operation (object and image I/O).
+    pub osd_op: Duration,
+    /// `client_mount_timeout`: the initial connect and authentication.
+    pub mount: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            mon_op: Duration::from_secs(10),
+            osd_op: Duration::from_secs(30),
+            mount: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same timeout for everything.
+    pub fn uniform(d: Duration) -> Self {
+        Self {
+            mon_op: d,
+            osd_op: d,
+            mount: d,
+        }
+    }
+}
+
+/// How to connect: where the configuration comes from, who we are, and timeouts.
+///
+/// ```no_run
+/// use rbd_core::{ConnectOptions, Rados};
+/// let rados = Rados::connect(
+///     &ConnectOptions::new()
+///         .conf_file("/etc/ceph/ceph.conf")
+///         .id("admin"),
+/// )?;
+/// # Ok::<(), rbd_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    conf_file: Option<PathBuf>,
+    no_conf_file: bool,
+    skip_env: bool,
+    id: Option<String>,
+    name: Option<String>,
+    mon_host: Option<String>,
+    keyring: Option<PathBuf>,
+    key: Option<String>,
+    options: Vec<(String, String)>,
+    timeouts: Timeouts,
+}
+
+impl ConnectOptions {
+    /// Defaults: the conf file from `CEPH_CONF` or Ceph's search path, `CEPH_ARGS` applied,
+    /// `client.admin`, and [`Timeouts::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Reads this conf file instead of searching for one.
+    pub fn conf_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.conf_file = Some(path.into());
+        self
+    }
+    /// Reads no conf file at all (use with [`Self::mon_host`] and [`Self::key`]).
+    pub fn no_conf_file(mut self) -> Self {
+        self.no_conf_file = true;
+        self
+    }
+    /// Ignores `CEPH_ARGS` (and `CEPH_CONF` unless [`Self::conf_file`] is given).
+    pub fn skip_env(mut self) -> Self {
+        self.skip_env = true;
+        self
+    }
+    /// Client id, e.g. `admin` for `client.admin`.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self.name = None;
+        self
+    }
+    /// Full entity name, e.g. `client.docker`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self.id = None;
+        self
+    }
+    /// Monitor addresses (`mon_host`).
+    pub fn mon_host(mut self, hosts: impl Into<String>) -> Self {
+        self.mon_host = Some(hosts.into());
+        self
+    }
+    /// Keyring file.
+    pub fn keyring(mut self, path: impl Into<PathBuf>) -> Self {
+        self.keyring = Some(path.into());
+        self
+    }
+    /// The secret key itself (base64). Never logged.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    /// Any other configuration option, applied after the conf file and environment.
+    pub fn option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.push((key.into(), value.into()));
+        self
+    }
+    /// Client-side timeouts.
+    pub fn timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+    /// The timeouts these options will apply.
+    pub fn get_timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+}
+
+/// Owner of one `rados_t`. Dropped exactly once, after every child (IoCtx, Image, watch)
+/// that holds an `Arc` to it.
+pub(crate) struct ClusterHandle {
+    ptr: sys::rados_t,
+    timeouts: Timeouts,
+}
+
+// SAFETY: a connected `rados_t` is a RadosClient whose methods lock internally; librados
+// documents the cluster handle as safe to use from multiple threads. The pointer itself is
+// only freed in Drop, which runs once when the last Arc goes away.
+unsafe impl Send for ClusterHandle {}
+// SAFETY: see Send; every method we call on a shared `rados_t` is thread-safe in librados.
+unsafe impl Sync for ClusterHandle {}
+
+impl Drop for ClusterHandle {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from rados_create2 and is shut down exactly once, here. All
+        // children hold an Arc to this handle, so none outlives it.
+        unsafe { sys::rados_shutdown(self.ptr) };
+    }
+}
+
+/// A connection to a Ceph cluster (`rados_t`).
+///
+/// Cheap to clone: clones share one connection. The connection closes
+/// (`rados_shutdown`) when the last clone and the last child ([`IoCtx`], image, watch)
+/// are dropped.
+///
+/// `Send + Sync`: librados' cluster handle is thread-safe.
+#[derive(Clone)]
+pub struct Rados {
+    pub(crate) inner: Arc<ClusterHandle>,
+}
+
+impl std::fmt::Debug for Rados {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rados")
+            .field("timeouts", &self.inner.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runtime versions of the loaded libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LibVersions {
+    /// librados (`rados_version`).
+    pub librados: (i32, i32, i32),
+    /// librbd (`rbd_version`).
+    pub librbd: (i32, i32, i32),
+}
+
+/// Reads the runtime library versions (`rados_version`, `rbd_version`).
+pub fn lib_versions() -> LibVersions {
+    let (mut a, mut b, mut c) = (0, 0, 0);
+    // SAFETY: rados_version only writes three ints through valid pointers.
+    unsafe { sys::rados_version(&mut a, &mut b, &mut c) };
+    let (mut d, mut e, mut f) = (0, 0, 0);
+    // SAFETY: rbd_version only writes three ints through valid pointers.
+    unsafe { sys::rbd_version(&mut d, &mut e, &mut f) };
+    LibVersions {
+        librados: (a, b, c),
+        librbd: (d, e, f),
+    }
+}
+
+/// Fails with [`Error::UnsupportedVersion`] when a library is older than the minimum.
+pub fn check_versions(v: LibVersions) -> Result<()> {
+    let fmt = |v: (i32, i32, i32)| format!("{}.{}.{}", v.0, v.1, v.2);
+    if v.librados < MIN_LIBRADOS {
+        return Err(Error::UnsupportedVersion {
+            library: "librados",
+            found: fmt(v.librados),
+            required: fmt(MIN_LIBRADOS),
+        });
+    }
+    if v.librbd < MIN_LIBRBD {
+        return Err(Error::UnsupportedVersion {
+            library: "librbd",
+            found: fmt(v.librbd),
+            required: fmt(MIN_LIBRBD),
+        });
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    // Ceph takes whole seconds for these options; round up so 500 ms is not "no timeout".
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1).to_string()
+}
+
+impl Rados {
+    /// Connects with the default options (`CEPH_CONF`, `CEPH_ARGS`, `client.admin`).
+    pub fn connect_default() -> Result<Rados> {
+        Self::connect(&ConnectOptions::new())
+    }
+
+    /// Connects to the cluster: `rados_create2`, `rados_conf_read_file`,
+    /// `rados_conf_parse_env`, `rados_conf_set`, then `rados_connect`.
+    ///
+    /// Checks the librados/librbd versions first and refuses anything older than Ceph 16.2.
+    pub fn connect(opts: &ConnectOptions) -> Result<Rados> {
+        check_versions(lib_versions())?;
+
+        let name = match (&opts.name, &opts.id) {
+            (Some(n), _) => n.clone(),
+            (None, Some(id)) => format!("client.{id}"),
+            (None, None) => {
+                // CEPH_ARGS may carry --id/--name; rados_conf_parse_env cannot change the
+                // name after create, so look for it here.
+                let from_env = if opts.skip_env {
+                    None
+                } else {
+                    std::env::var("CEPH_ARGS")
+                        .ok()
+                        .and_then(|a| name_from_args(&a))
+                };
+                from_env.unwrap_or_else(|| "client.admin".to_owned())
+            }
+        };
+        if !name.contains('.') {
+            return Err(Error::invalid(
+                "entity name",
+                &name,
+                "expected TYPE.ID, e.g. client.admin",
+            ));
+        }
+        let cname = cstring("entity name", &name)?;
+        let cluster_name = cstring("cluster name", "ceph")?;
+
+        let mut ptr: sys::rados_t = std::ptr::null_mut();
+        // SAFETY: out-pointer is valid; the strings are NUL-terminated and outlive the call.
+        let ret = unsafe { sys::rados_create2(&mut ptr, cluster_name.as_ptr(), cname.as_ptr(), 0) };
+        check(ret, "rados_create2", Context::none)?;
+        // From here on the handle is owned; Drop shuts it down on every error path.
+        let handle = ClusterHandle {
+            ptr,
+            timeouts: opts.timeouts,
+        };
+        let rados = Rados {
+            inner: Arc::new(handle),
+        };
+
+        if !opts.no_conf_file {
+            let path = match &opts.conf_file {
+                Some(p) => Some(cstring("conf file", &p.to_string_lossy())?),
+                None => None,
+            };
+            if let Some(p) = &opts.conf_file
+                && !p.is_file()
+            {
+                return Err(Error::invalid(
+                    "conf file",
+                    p.to_string_lossy(),
+                    "does not exist or is not a file",
+                ));
+            }
+            let p = path.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+            // SAFETY: the handle is valid and not yet connected; `p` is NULL (search
+            // CEPH_CONF and the default paths) or a valid C string.
+            let ret = unsafe { sys::rados_conf_read_file(rados.ptr(), p) };
+            // With no explicit file, a missing default conf is fine if mon_host is given.
+            if ret < 0 && (opts.conf_file.is_some() || opts.mon_host.is_none()) {
+                check(ret, "rados_conf_read_file", Context::none)?;
+            }
+        }
+        if !opts.skip_env {
+            // SAFETY: valid handle; NULL means "read CEPH_ARGS".
+            let ret = unsafe { sys::rados_conf_parse_env(rados.ptr(), std::ptr::null()) };
+            check(ret, "rados_conf_parse_env", Context::none)?;
+        }
+        if let Some(m) = &opts.mon_host {
+            rados.conf_set("mon_host", m)?;
+        }
+        if let Some(k) = &opts.keyring {
+            rados.conf_set("keyring", &k.to_string_lossy())?;
+        }
+        if let Some(k) = &opts.key {
+            rados.conf_set("key", k)?;
+        }
+        let t = opts.timeouts;
+        rados.conf_set("rados_mon_op_timeout", &secs(t.mon_op))?;
+        rados.conf_set("rados_osd_op_timeout", &secs(t.osd_op))?;
+        rados.conf_set("client_mount_timeout", &secs(t.mount))?;
+        for (k, v) in &opts.options {
+            rados.conf_set(k, v)?;
+        }
+
+        // SAFETY: valid, configured, not yet connected handle. Bounded by
+        // client_mount_timeout set above.
+        let ret = unsafe { sys::rados_connect(rados.ptr()) };
+        check(ret, "rados_connect", Context::none)?;
+        Ok(rados)
+    }
+
+    pub(crate) fn ptr(&self) -> sys::rados_t {
+        self.inner.ptr
+    }
+
+    /// The timeouts this connection was made with.
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.timeouts
+    }
+
+    /// Sets a configuration option (`rados_conf_set`).
+    ///
+    /// Options that only matter at connect time have no effect afterwards.
+    pub fn conf_set(&self, key: &str, value: &str) -> Result<()> {
+        let k = cstring("config option", key)?;
+        let v = cstring("config value", value)?;
+        // SAFETY: valid handle and C strings that outlive the call.
+        let ret = unsafe { sys::rados_conf_set(self.ptr(), k.as_ptr(), v.as_ptr()) };
+        check(ret, "rados_conf_set", || Context::none().with_object(key))?;
+        Ok(())
+    }
+
+    /// Reads a configuration option (`rados_conf_get`).
+    pub fn conf_get(&self, key: &str) -> Result<String> {
+        let k = cstring("config option", key)?;
+        let (buf, ret) = grow_buffer(256, |b, len| {
+            // SAFETY: `b` is a writable buffer of `len` bytes; the key outlives the call.
+            let r =
+                unsafe { sys::rados_conf_get(self.ptr(), k.as_ptr(), b.as_mut_ptr().cast(), *len) };
+            if r == -libc::ENAMETOOLONG {
+                *len = b.len() * 4;
+                return -libc::ERANGE;
+            }
+            r
+        });
+        check(ret, "rados_conf_get", || Context::none().with_object(key))?;
+        Ok(from_buf(&buf))
+    }
+
+    /// The cluster's fsid (`rados_cluster_fsid`).
+    pub fn fsid(&self) -> Result<String> {
+        let mut buf = [0u8; 64];
+        // SAFETY: `buf` is writable for its whole length.
+        let ret =
+            unsafe { sys::rados_cluster_fsid(self.ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        check(ret, "rados_cluster_fsid", Context::none)?;
+        Ok(from_buf(&buf))
+    }
+
+    /// This client's own addresses (`rados_getaddrs`): what to blocklist to fence us.
+    pub fn getaddrs(&self) -> Result<AddrVec> {
+        let mut out: *mut c_char = std::ptr::null_mut();
+        // SAFETY: valid handle; librados stores a malloc'd string in `out`.
+        let ret = unsafe { sys::rados_getaddrs(self.ptr(), &mut out) };
+        check(ret, "rados_getaddrs", Context::none)?;
+        // SAFETY: on success `out` is a NUL-terminated string from strdup.
+        let s = unsafe { crate::util::from_cstr(out) };
+        // SAFETY: `out` was allocated with malloc by librados and is freed once here.
+        unsafe { libc::free(out.cast()) };
+        s.parse()
+    }
+
+    /// This client's global instance id (`rados_get_instance_id`), as in `client.4123`.
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: valid connected handle; the call only reads.
+        unsafe { sys::rados_get_instance_id(self.ptr()) }
+    }
+
+    /// Waits until we have the latest OSD map (`rados_wait_for_latest_osdmap`), e.g. after
+    /// a blocklist change, so the next op sees it. Bounded by the mon op timeout.
+    pub fn wait_for_latest_osdmap(&self) -> Result<()> {
+        // SAFETY: valid connected handle.
+        let ret = unsafe { sys::rados_wait_for_latest_osdmap(self.ptr()) };
+        check(ret, "rados_wait_for_latest_osdmap", Context::none)?;
+        Ok(())
+    }
+
+    /// Names of all pools (`rados_pool_list`).
+    pub fn pool_list(&self) -> Result<Vec<String>> {
+        let mut cap = 1024usize;
+        loop {
+            let mut buf = vec![0u8; cap];
+            // SAFETY: `buf` is writable for `cap` bytes; librados returns the needed length.
+            let ret = unsafe { sys::rados_pool_list(self.ptr(), buf.as_mut_ptr().cast(), cap) };
+            let needed = check(ret, "rados_pool_list", Context::none)? as usize;
+            if needed <= cap {
+                buf.truncate(needed);
+                return Ok(split_nul_list(&buf));
+            }
+            cap = needed;
+        }
+    }
+
+    /// The id of a pool by name (`rados_pool_lookup`); `NotFound` when absent.
+    pub fn pool_lookup(&self, pool: &str) -> Result<i64> {
+        let p = cstring("pool name", pool)?;
+        // SAFETY: valid handle and C string.
+        let ret = unsafe { sys::rados_pool_lookup(self.ptr(), p.as_ptr()) };
+        if ret < 0 {
+            let errno = i32::try_from(-ret).unwrap_or(libc::EIO);
+            return Err(Error::from_errno(
+                "rados_pool_lookup",
+                errno,
+                Context::pool(pool),
+            ));
+        }
+        Ok(ret)
+    }
+
+    /// The name of a pool by id (`rados_pool_reverse_lookup`).
+    pub fn pool_reverse_lookup(&self, id: i64) -> Result<String> {
+        let mut buf = vec![0u8; 256];
+        // SAFETY: `buf` is writable for its length.
+        let ret = unsafe {
+            sys::rados_pool_reverse_lookup(self.ptr(), id, buf.as_mut_ptr().cast(), buf.len())
+        };
+        check(ret, "rados_pool_reverse_lookup", || {
+            Context::pool(format!("#{id}"))
+        })?;
+        Ok(from_buf(&buf))
+    }
+
+    /// Creates a pool (`rados_pool_create`).
+    pub fn pool_create(&self, pool: &str) -> Result<()> {
+        let p = cstring("pool name", pool)?;
+        // SAFETY: valid handle and C string.
+        let ret = unsafe { sys::rados_pool_create(self.ptr(), p.as_ptr()) };
+        check(ret, "rados_pool_create", || Context::pool(pool))?;
+        Ok(())
+    }
+
+    /// Deletes a pool (`rados_pool_delete`). Needs `mon_allow_pool_delete`.
+    pub fn pool_delete(&self, pool: &str) -> Result<()> {
+        let p = cstring("pool name", pool)?;
+        // SAFETY: valid handle and C string.
+        let ret = unsafe { sys::rados_pool_delete(self.ptr(), p.as_ptr()) };
+        check(ret, "rados_pool_delete", || Context::pool(pool))?;
+        Ok(())
+    }
+
+    /// Opens an I/O context on a pool by name (`rados_ioctx_create`).
+    pub fn ioctx(&self, pool: &str) -> Result<IoCtx> {
+        IoCtx::create(self, pool)
+    }
+
+    /// Opens an I/O context on a pool by id (`rados_ioctx_create2`).
+    pub fn ioctx_by_id(&self, pool_id: i64) -> Result<IoCtx> {
+        IoCtx::create_by_id(self, pool_id)
+    }
+}
+
+/// Extracts `--id X`, `--id=X`, `-i X`, `--name N`, `-n N` from a `CEPH_ARGS` string.
+fn name_from_args(args: &str) -> Option<String> {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let mut i = 0;
+    let mut found = None;
+    while i < words.len() {
+        let w = words[i];
+        let next = words.get(i + 1).copied();
+        if let Some(v) = w
+            .strip_prefix("--id=")
+            .or_else(|| w.strip_prefix("--user="))
+        {
+            found = Some(format!("client.{v}"));
+        } else if let Some(v) = w.strip_prefix("--name=") {
+            found = Some(v.to_owned());
+        } else if matches!(w, "--id" | "-i" | "--user") {
+            found = next.map(|v| format!("client.{v}"));
+            i += 1;
+        } else if matches!(w, "--name" | "-n") {
+            found = next.map(str::to_owned);
+            i += 1;
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Runs a blocking closure with a deadline on a helper thread.
+///
+/// Used only where librados/librbd have no timeout of their own (e.g. operations that
+/// retry internally while our client is blocklisted). On timeout the caller gets
+/// [`Error::Timeout`] at once; the helper thread finishes (or not) in the background and its
+/// result is dropped. The closure must therefore own everything it touches.
+pub fn with_deadline<T, F>(op: &'static str, ctx: Context, timeout: Duration, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(format!("rbd-core:{op}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| {
+            Error::from_errno(op, e.raw_os_error().unwrap_or(libc::EAGAIN), ctx.clone())
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            op,
+            ctx: Box::new(ctx),
+            timeout,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_from_ceph_args() {
+        assert_eq!(name_from_args("--id foo"), Some("client.foo".into()));
+        assert_eq!(name_from_args("--id=bar -c x"), Some("client.bar".into()));
+        assert_eq!(name_from_args("-n client.x"), Some("client.x".into()));
+        assert_eq!(name_from_args("--keyring k"), None);
+    }
+
+    #[test]
+    fn versions_enforced() {
+        let ok = LibVersions {
+            librados: (3, 0, 0),
+            librbd: (1, 16, 0),
+        };
+        assert!(check_versions(ok).is_ok());
+        let old = LibVersions {
+            librados: (3, 0, 0),
+            librbd: (1, 15, 0),
+        };
+        let e = check_versions(old).unwrap_err();
+        assert!(e.to_string().contains("librbd 1.15.0 is too old"), "{e}");
+        assert!(check_versions(lib_versions()).is_ok());
+    }
+
+    #[test]
+    fn timeout_seconds_round_up() {
+        assert_eq!(secs(Duration::from_millis(500)), "1");
+        assert_eq!(secs(Duration::from_millis(1500)), "2");
+        assert_eq!(secs(Duration::from_secs(0)), "1");
+    }
+
+    #[test]
+    fn deadline_fires() {
+        let r: Result<()> =
+            with_deadline("sleep", Context::none(), Duration::from_millis(50), || {
+                std::thread::sleep(Duration::from_secs(2));
+                Ok(())
+            });
+        assert_eq!(r.unwrap_err().kind(), crate::ErrorKind::Timeout);
+    }
+}

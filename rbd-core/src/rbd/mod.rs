@@ -1,0 +1,38 @@
+//! RBD images: pool-level operations (list, create, remove, rename, copy, trash, clone) and
+//! the [`Image`] handle with its info, snapshots, locks, metadata, watchers and I/O.
+
+mod image;
+
+pub use image::{Image, OpenOptions};
+
+use crate::error::{Error, Result};
+
+/// Longest image, snapshot or metadata key name we accept (librbd's RBD_MAX_IMAGE_NAME_SIZE
+/// is 96 for format 1; format 2 allows more, but object names must stay short).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Validates an image (or snapshot) name before it reaches librbd: non-empty, at most
+/// [`MAX_NAME_LEN`] bytes, no `/`, `@` or NUL, no control characters.
+pub fn validate_image_name(what: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(what, name, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            what,
+            name,
+            format!("longer than {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | '@' | '\0') || c.is_control())
+    {
+        return Err(Error::invalid(
+            what,
+            name,
+            format!("contains the character {c:?}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Cluster-level operations against the real dev cluster.
+
+mod common;
+
+use rbd_core::{ConnectOptions, ErrorKind, Rados};
+
+#[test]
+fn connect_fsid_pools_addrs() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let fsid = rados.fsid().unwrap();
+    let cli_fsid = common::cli(&conf, "ceph", &["fsid"]);
+    assert_eq!(fsid, cli_fsid.trim());
+
+    let pools = rados.pool_list().unwrap();
+    assert!(pools.contains(&common::POOL.to_string()), "{pools:?}");
+    let id = rados.pool_lookup(common::POOL).unwrap();
+    assert!(id > 0);
+    assert_eq!(rados.pool_reverse_lookup(id).unwrap(), common::POOL);
+    let e = rados.pool_lookup("no-such-pool-xyz").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("no-such-pool-xyz"), "{e}");
+
+    let addrs = rados.getaddrs().unwrap();
+    let a = addrs.primary().unwrap();
+    assert!(a.nonce != 0, "client address has a nonce: {addrs}");
+    assert!(rados.instance_id() > 0);
+
+    let io = rados.ioctx(common::POOL).unwrap();
+    assert_eq!(io.pool_id(), id);
+    let io2 = rados.ioctx_by_id(id).unwrap();
+    assert_eq!(io2.pool_name(), common::POOL);
+    drop(rados);
+    // The ioctx keeps the connection alive after the Rados handle is dropped.
+    assert_eq!(io.rados().fsid().unwrap(), fsid);
+}
+
+#[test]
+fn connect_with_explicit_options() {
+    let Some((_rados, conf)) = common::connect() else {
+        return;
+    };
+    // Read mon_host and the key from the conf/keyring and connect without any conf file.
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let mon_host = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mon host = "))
+        .unwrap()
+        .to_string();
+    let keyring = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("keyring = "))
+        .unwrap()
+        .to_string();
+    let kr = std::fs::read_to_string(&keyring).unwrap();
+    let admin = kr.split("[client.admin]").nth(1).unwrap();
+    let key = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key = "))
+        .unwrap()
+        .to_string();
+    let rados = Rados::connect(
+        &ConnectOptions::new()
+            .no_conf_file()
+            .skip_env()
+            .mon_host(mon_host.clone())
+            .id("admin")
+            .key(key),
+    )
+    .unwrap();
+    assert!(!rados.fsid().unwrap().is_empty());
+    assert_eq!(rados.conf_get("rados_osd_op_timeout").unwrap(), "30");
+
+    // Keyring path instead of key, and a wrong key is refused (not hung).
+    let rados = Rados::connect(
+        &ConnectOptions::new()
+            .no_conf_file()
+            .skip_env()
+            .mon_host(mon_host.clone())
+            .name("client.admin")
+            .keyring(&keyring),
+    )
+    .unwrap();
+    assert!(rados.pool_lookup(common::POOL).is_ok());
+
+    let e = Rados::connect(
+        &ConnectOptions::new()
+            .no_conf_file()
+            .skip_env()
+            .mon_host(mon_host)
+            .id("admin")
+            .key("AQBj5ThlAAAAABAAOYi2Qn3yJFB+ks0I5fQ5vw=="),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+}
+
+#[test]
+fn bad_conf_file_is_a_clear_error() {
+    let e = Rados::connect(&ConnectOptions::new().conf_file("/nonexistent/ceph.conf")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("/nonexistent/ceph.conf"), "{e}");
+}
