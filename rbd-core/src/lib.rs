@@ -34,10 +34,14 @@
 pub mod addr;
 pub mod error;
 pub mod ioctx;
+pub mod mon;
+pub mod object;
+pub mod omap;
 pub mod rados;
 pub mod rbd;
 pub mod sys;
 mod util;
+pub mod watch;
 
 pub use addr::{AddrType, AddrVec, EntityAddr};
 pub use error::{Context, Error, ErrorKind, Result};

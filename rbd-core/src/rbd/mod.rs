@@ -1,7 +1,19 @@
 //! RBD images: pool-level operations (list, create, remove, rename, copy, trash, clone) and
 //! the [`Image`] handle with its info, snapshots, locks, metadata, watchers and I/O.
 
+pub mod aio;
+pub mod clone;
+pub mod create;
+pub mod diff;
 mod image;
+pub mod info;
+pub mod io;
+pub mod lock;
+pub mod meta;
+pub mod progress;
+pub mod snap;
+pub mod trash;
+pub mod watchers;
 
 pub use image::{Image, OpenOptions};
 
