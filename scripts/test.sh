@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# README command 2: runs every test on a fresh Debian/Ubuntu host.
+#
+# Installs system dependencies, starts the dev Ceph cluster and the dev dockerd (or reuses
+# running ones), then runs: fmt check, clippy -D warnings, every test of the workspace,
+# and rustdoc with -D warnings. Whatever this script started, it stops on exit, even on
+# failure.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system dependencies"
+"$here/install-deps.sh"
+
+started_cluster=0
+started_docker=0
+cleanup() {
+  local rc=$?
+  set +e
+  if [ "$started_docker" = 1 ]; then step "stopping dev dockerd"; "$here/dev-docker.sh" down; fi
+  if [ "$started_cluster" = 1 ]; then step "stopping dev cluster"; "$here/dev-cluster.sh" down; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+step "dev Ceph cluster"
+if ! "$here/dev-cluster.sh" status >/dev/null 2>&1; then started_cluster=1; fi
+eval "$("$here/dev-cluster.sh" up)"
+
+step "dev dockerd"
+if ! "$here/dev-docker.sh" status >/dev/null 2>&1; then started_docker=1; fi
+eval "$("$here/dev-docker.sh" up)"
+
+export CEPH_CONF DOCKER_HOST
+export RUST_BACKTRACE=1
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (workspace)"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}"
+  # nextest does not run doctests.
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "all checks passed"
