@@ -5,3 +5,18 @@
 //! per-node volume lifecycle (create, attach, detach, remove with a crash-safe refcount per
 //! mount ID), and the cluster-wide mapping registry that fixes the stale-mapping bug by
 //! identifying mappings by image id rather than by pool/name.
+//!
+//! ```no_run
+//! use rbd_driver::mapper::{self, MapperConfig};
+//!
+//! // Which mappings exist on this host, by image id?
+//! for m in mapper::list_all(&MapperConfig::default())? {
+//!     println!("{} {} id={} on {}", m.backend, m.spec(), m.image_id, m.device.display());
+//! }
+//! # Ok::<(), rbd_driver::DriverError>(())
+//! ```
+
+pub mod error;
+pub mod mapper;
+
+pub use error::{DriverError, Result};
