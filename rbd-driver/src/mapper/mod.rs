@@ -136,11 +136,13 @@ pub fn image_spec(pool: &str, namespace: &str, image: &str, snap: Option<&str>) 
 }
 
 /// Backend tuning. Unset values use the backend's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `MapOptions::default()` turns `noshare` on; everything else is off or unset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MapOptions {
     /// krbd `noshare`: a client instance of its own per mapping, so fencing one mapping
-    /// (by its exact address) never fences another. On by default in [`MapRequest`]s the
-    /// driver builds.
+    /// (by its exact address) never fences another. On by default.
     pub noshare: bool,
     /// krbd `lock_on_read`.
     pub lock_on_read: bool,
@@ -149,6 +151,22 @@ pub struct MapOptions {
     /// I/O timeout in seconds (rbd-nbd `--io-timeout`; userspace per-I/O deadline;
     /// krbd `osd_request_timeout`).
     pub io_timeout_secs: Option<u32>,
+    /// krbd `ms_mode` (`legacy`, `crc`, `secure`, `prefer-crc`, `prefer-secure`). Unset:
+    /// the kernel's default (msgr1, the mons' v1 addresses); any mode but `legacy` makes
+    /// krbd use msgr2 and the mons' v2 addresses. Ignored by the other backends.
+    pub ms_mode: Option<String>,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        Self {
+            noshare: true,
+            lock_on_read: false,
+            queue_depth: None,
+            io_timeout_secs: None,
+            ms_mode: None,
+        }
+    }
 }
 
 /// One local mapping, as listed by its backend.
