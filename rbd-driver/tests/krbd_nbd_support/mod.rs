@@ -1,0 +1,261 @@
+//! Shared by the krbd and nbd guest tests: finding the qemu guest harness
+//! (`scripts/qemu-guest.sh`), running a guest script with our probe binary, parsing its
+//! `@@ TAG rc=N OUTPUT` lines, and host-side Ceph CLI helpers.
+//!
+//! Policy (as testkit's): when the harness cannot run, the test fails under `CI=true` and
+//! is skipped with a printed reason otherwise.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+
+/// Fail under CI, skip (print why, return `None`) otherwise.
+pub fn unavailable<T>(what: &str) -> Option<T> {
+    if testkit::in_ci() {
+        panic!("the qemu guest test cannot run (required when CI=true): {what}");
+    }
+    eprintln!("SKIPPED: {what}");
+    None
+}
+
+/// Everything a guest test needs from the host.
+pub struct Env {
+    pub harness: PathBuf,
+    pub conf: PathBuf,
+}
+
+/// The harness and the dev cluster, or `None` (skip) / panic (CI).
+pub fn env() -> Option<Env> {
+    let conf = testkit::ceph_conf()?;
+    if !testkit::require_root() {
+        return None;
+    }
+    let harness = std::env::var_os("QEMU_GUEST_SH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testkit::workspace_root().join("scripts/qemu-guest.sh"));
+    if !harness.is_file() {
+        return unavailable(&format!("{} does not exist", harness.display()));
+    }
+    // Fetch the kernel and qemu once (idempotent; downloads only what is missing).
+    let cache = std::env::var_os("QEMU_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| harness.parent().unwrap().parent().unwrap().join(".qemu"));
+    if !cache.join(".ready").exists() {
+        let t = Instant::now();
+        let out = Command::new("timeout")
+            .arg("900")
+            .arg(&harness)
+            .arg("fetch")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the harness");
+        if !out.status.success() {
+            return unavailable(&format!(
+                "`{} fetch` failed ({}): {}",
+                harness.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        eprintln!("qemu guest: fetched in {:?}", t.elapsed());
+    }
+    Some(Env { harness, conf })
+}
+
+/// One `@@ TAG rc=N OUTPUT` line.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub rc: i32,
+    pub out: String,
+    /// `out` parsed as JSON, when it is.
+    pub json: Value,
+}
+
+impl Step {
+    /// The probe said `"ok": true`.
+    pub fn ok(&self) -> bool {
+        self.json.get("ok") == Some(&Value::Bool(true))
+    }
+    pub fn result(&self) -> &Value {
+        &self.json["result"]
+    }
+    pub fn error(&self) -> String {
+        self.json["error"].as_str().unwrap_or("").to_owned()
+    }
+    pub fn variant(&self) -> String {
+        self.json["variant"].as_str().unwrap_or("").to_owned()
+    }
+    pub fn probe_ms(&self) -> u64 {
+        self.json["ms"].as_u64().unwrap_or(0)
+    }
+}
+
+/// A finished guest run.
+pub struct Run {
+    pub code: i32,
+    pub console: String,
+    pub steps: BTreeMap<String, Step>,
+    pub secs: f64,
+}
+
+impl Run {
+    /// The step, or a panic that shows the console.
+    pub fn step(&self, tag: &str) -> &Step {
+        self.steps.get(tag).unwrap_or_else(|| {
+            panic!(
+                "the guest printed no step {tag:?}; console:\n{}",
+                self.console
+            )
+        })
+    }
+    pub fn has(&self, tag: &str) -> bool {
+        self.steps.contains_key(tag)
+    }
+}
+
+/// Parses the console.
+pub fn parse_steps(console: &str) -> BTreeMap<String, Step> {
+    let mut steps = BTreeMap::new();
+    for line in console.lines() {
+        let Some(rest) = line.strip_prefix("@@ ") else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, ' ');
+        let (Some(tag), Some(rc)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(rc) = rc.strip_prefix("rc=").and_then(|r| r.parse().ok()) else {
+            continue;
+        };
+        let out = parts.next().unwrap_or("").trim().to_owned();
+        let json = serde_json::from_str(&out).unwrap_or(Value::Null);
+        steps.insert(tag.to_owned(), Step { rc, out, json });
+    }
+    steps
+}
+
+/// Runs `script` in a guest with the probe binary and `env`; one guest at a time on this
+/// machine (a lock file shared by every test process that uses this module).
+pub fn run_guest(e: &Env, script: &Path, env: &[(&str, String)]) -> Run {
+    let lock_path = std::env::temp_dir().join("rbd-volumes-qemu-guest.lock");
+    let lock = File::create(&lock_path).expect("creating the guest lock file");
+    lock.lock().expect("locking the guest lock file");
+
+    let probe = PathBuf::from(env!("CARGO_BIN_EXE_rbd-map-probe"));
+    let mut cmd = Command::new(&e.harness);
+    cmd.arg("run").arg("--bin").arg(&probe);
+    for (k, v) in env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    cmd.arg("--").arg(script);
+    cmd.env("CEPH_CONF", &e.conf)
+        .env(
+            "QEMU_GUEST_TIMEOUT",
+            std::env::var("QEMU_GUEST_TIMEOUT").unwrap_or_else(|_| "420".into()),
+        )
+        .stdin(Stdio::null());
+    let t = Instant::now();
+    let out = cmd.output().expect("running the qemu guest harness");
+    let secs = t.elapsed().as_secs_f64();
+    drop(lock);
+    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("---- guest console ----\n{console}\n---- harness stderr ----\n{stderr}");
+    eprintln!("guest run took {secs:.1} s");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        steps: parse_steps(&console),
+        console: format!("{console}\n{stderr}"),
+        secs,
+    }
+}
+
+/// Runs a Ceph CLI command (`rbd`, `rados`, `ceph`) against the dev cluster with a
+/// timeout; panics with its stderr on failure.
+pub fn ceph_cli(conf: &Path, program: &str, args: &[&str]) -> String {
+    let out = ceph_cli_raw(conf, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn ceph_cli_raw(conf: &Path, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg(program)
+        .arg("-c")
+        .arg(conf)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running a Ceph CLI")
+}
+
+/// `rbd info --format json` id of `pool/image`.
+pub fn image_id(conf: &Path, spec: &str) -> String {
+    let v: Value =
+        serde_json::from_str(&ceph_cli(conf, "rbd", &["info", "--format", "json", spec])).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Watcher addresses from `rbd status --format json` output.
+pub fn watcher_addrs(status_json: &str) -> Vec<rbd_core::EntityAddr> {
+    let v: Value = serde_json::from_str(status_json.trim()).unwrap_or(Value::Null);
+    v["watchers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["address"].as_str())
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// Removes the test images on drop (best effort: snapshots first).
+pub struct Images {
+    pub conf: PathBuf,
+    pub specs: Vec<String>,
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for s in &self.specs {
+            let _ = ceph_cli_raw(&self.conf, "rbd", &["snap", "purge", s]);
+            let _ = ceph_cli_raw(&self.conf, "rbd", &["rm", "--no-progress", s]);
+        }
+    }
+}
+
+/// The sha256 (hex) of a byte range of a file, via `sha256sum`.
+pub fn sha256_range(path: &Path, offset: u64, len: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = File::open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).unwrap();
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&buf).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The first word of a step's output (e.g. a `sha256sum` hash).
+pub fn first_word(s: &Step) -> String {
+    s.out.split_whitespace().next().unwrap_or("").to_owned()
+}
