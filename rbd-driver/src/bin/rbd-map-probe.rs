@@ -181,7 +181,10 @@ fn run(a: &Args, m: &dyn Mapper) -> Result<Result<Value, DriverError>, String> {
             let dev = a.positional.first().ok_or("unmap needs a DEVICE")?.clone();
             match m.list() {
                 Err(e) => Err(e),
-                Ok(list) => match list.into_iter().find(|x| x.device == PathBuf::from(&dev)) {
+                Ok(list) => match list
+                    .into_iter()
+                    .find(|x| x.device.as_os_str() == dev.as_str())
+                {
                     None => Err(DriverError::invalid("device", dev, "not mapped")),
                     Some(mapping) => m.unmap(&mapping, a.has("--force")).map(|()| json!(mapping)),
                 },

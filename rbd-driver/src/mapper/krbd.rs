@@ -12,7 +12,8 @@
 //! address, so blocklisting one mapping's address fences exactly that mapping),
 //! `exclusive`, `lock_on_read`, `queue_depth=N`, `osd_request_timeout=N` (from
 //! [`MapOptions::io_timeout_secs`](super::MapOptions::io_timeout_secs)), `mount_timeout=N`
-//! (bounds how long the sysfs write may block), `ro`, `_pool_ns=NS`, `ms_mode=M`.
+//! (bounds how long the sysfs write may block) and, with `exclusive`, `lock_timeout=N`
+//! (the same bound on waiting for the lock at map time), `ro`, `_pool_ns=NS`, `ms_mode=M`.
 //!
 //! **Monitors**: msgr1 addresses unless `ms_mode` is set to something other than
 //! `legacy`, then msgr2 addresses (see the `monaddr` module).
@@ -315,6 +316,10 @@ fn kernel_options(req: &MapRequest, id: &str, mount_timeout: u32) -> String {
         v.push(format!("osd_request_timeout={t}"));
     }
     v.push(format!("mount_timeout={mount_timeout}"));
+    if req.exclusive {
+        // The kernel waits for the lock at map time, forever by default; bound it.
+        v.push(format!("lock_timeout={mount_timeout}"));
+    }
     if req.read_only || req.snap.is_some() {
         v.push("ro".into());
     }
@@ -424,17 +429,11 @@ impl Mapper for KrbdMapper {
                 sysfs.bus().display()
             )));
         }
-        match sysfs.add_file() {
-            Some(p) if p.is_file() => {}
-            Some(p) => {
-                return Err(unavailable(format!("{} is not a file", p.display())));
-            }
-            None => {
-                return Err(unavailable(format!(
-                    "neither add_single_major nor add exists in {}",
-                    sysfs.bus().display()
-                )));
-            }
+        if sysfs.add_file().is_none() {
+            return Err(unavailable(format!(
+                "neither add_single_major nor add exists in {}",
+                sysfs.bus().display()
+            )));
         }
         if sysfs.remove_file().is_none() {
             return Err(unavailable(format!(

@@ -215,7 +215,7 @@ fn writes_the_kernel_line_and_never_leaks_the_key() {
         line,
         format!(
             "127.0.0.1:28601 name=admin,noshare,exclusive,lock_on_read,queue_depth=64,\
-             osd_request_timeout=20,mount_timeout=30,_pool_ns=ns1,secret={KEY} rbd vol1 -"
+             osd_request_timeout=20,mount_timeout=30,lock_timeout=30,_pool_ns=ns1,secret={KEY} rbd vol1 -"
         )
     );
     assert_eq!(f.control("add"), "", "add_single_major is preferred");
