@@ -10,7 +10,7 @@ PKGS=(
   # Anchors for the benchmark comparison and the nbd backend.
   rbd-fuse rbd-nbd
   # Filesystems and FUSE.
-  e2fsprogs xfsprogs btrfs-progs fuse3 util-linux mount
+  e2fsprogs xfsprogs btrfs-progs fuse3 util-linux mount gdisk fdisk
   # Docker engine for the end-to-end tests, and the busybox test image.
   docker.io containerd runc busybox-static
   # Misc tools used by scripts, tests and benches.

@@ -21,6 +21,15 @@ pub enum DriverError {
         #[source]
         source: rbd_core::Error,
     },
+    /// A filesystem operation (probe, mkfs, fsck, mount) failed.
+    #[error("{what}")]
+    Fs {
+        /// What we were doing.
+        what: String,
+        /// The fs-format error.
+        #[source]
+        source: fs_format::Error,
+    },
     /// A local system call or file operation failed.
     #[error("{what}")]
     Io {
@@ -112,6 +121,13 @@ impl DriverError {
     /// Wraps an I/O error with what we were doing.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         DriverError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+    /// Wraps an fs-format error with what we were doing.
+    pub fn fs(what: impl Into<String>, source: fs_format::Error) -> Self {
+        DriverError::Fs {
             what: what.into(),
             source,
         }

@@ -18,5 +18,6 @@
 
 pub mod error;
 pub mod mapper;
+pub mod volume;
 
 pub use error::{DriverError, Result};
