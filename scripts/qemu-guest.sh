@@ -33,6 +33,8 @@
 #   QEMU_GUEST_APPEND          extra kernel command line (default: quiet)
 #   QEMU_GUEST_LOG             also save the serial console log to this file
 #   QEMU_GUEST_KEEP=1          keep the temp dir (initramfs, log) and print its path
+#   QEMU_GUEST_LOCK            lock file that lets one guest run at a time on this machine
+#                              (default ${TMPDIR:-/tmp}/qemu-guest.lock)
 #   CEPH_CONF / DEV_CLUSTER_DIR  the dev cluster whose ceph.conf and keyring are copied in
 #                              (default <repo>/.dev-cluster/ceph.conf when it exists)
 #
@@ -294,8 +296,16 @@ mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# Files staged under /tmp or /run (--file, a dev cluster whose conf lives under /tmp)
+# would be hidden by the tmpfs mounts: carry them over.
+for d in tmp run; do
+  if [ -n "$(ls -A /$d 2>/dev/null)" ]; then mkdir -p /.staged/$d && cp -a /$d/. /.staged/$d/; fi
+done
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+for d in tmp run; do
+  if [ -d /.staged/$d ]; then cp -a /.staged/$d/. /$d/ && rm -rf /.staged/$d; fi
+done
 . /etc/qemu-guest/config
 
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -385,6 +395,14 @@ do_run() {
   kver=$(cat "$QD/kernel.version")
   local kroot=$QD/kernel
   GUEST_LD=$QD/guest/usr/lib/$MULTI:$QD/guest/lib/$MULTI
+
+  # One guest at a time on this machine (TCG is CPU-bound): wait for any other run.
+  local lockf=${QEMU_GUEST_LOCK:-${TMPDIR:-/tmp}/qemu-guest.lock}
+  exec 9>>"$lockf"
+  if ! flock -n 9; then
+    log "waiting for another guest to finish (lock $lockf)"
+    flock 9 || die "cannot lock $lockf"
+  fi
 
   local t0 tmp
   t0=$(now_ms)

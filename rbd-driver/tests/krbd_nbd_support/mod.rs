@@ -140,13 +140,9 @@ pub fn parse_steps(console: &str) -> BTreeMap<String, Step> {
     steps
 }
 
-/// Runs `script` in a guest with the probe binary and `env`; one guest at a time on this
-/// machine (a lock file shared by every test process that uses this module).
+/// Runs `script` in a guest with the probe binary and `env`. (The harness lets one guest
+/// run at a time on the machine; a concurrent test waits for it.)
 pub fn run_guest(e: &Env, script: &Path, env: &[(&str, String)]) -> Run {
-    let lock_path = std::env::temp_dir().join("rbd-volumes-qemu-guest.lock");
-    let lock = File::create(&lock_path).expect("creating the guest lock file");
-    lock.lock().expect("locking the guest lock file");
-
     let probe = PathBuf::from(env!("CARGO_BIN_EXE_rbd-map-probe"));
     let mut cmd = Command::new(&e.harness);
     cmd.arg("run").arg("--bin").arg(&probe);
@@ -163,7 +159,6 @@ pub fn run_guest(e: &Env, script: &Path, env: &[(&str, String)]) -> Run {
     let t = Instant::now();
     let out = cmd.output().expect("running the qemu guest harness");
     let secs = t.elapsed().as_secs_f64();
-    drop(lock);
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("---- guest console ----\n{console}\n---- harness stderr ----\n{stderr}");
