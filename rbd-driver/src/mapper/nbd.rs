@@ -10,6 +10,9 @@
 //! (`rbd status` before and after); when that is ambiguous (several new watchers, or a
 //! read-only mapping that does not watch), it is left `None`.
 //!
+//! Maps are serialized on the host (`<run_dir>/nbd/map.lock`) so that concurrent maps of
+//! one image by this driver cannot make the watcher difference ambiguous.
+//!
 //! **Records**: `<run_dir>/nbd/<nbdN>.json` holds the image id, client address and admin
 //! socket of each mapping we made. **List** runs `rbd-nbd list-mapped --format json` and
 //! joins it with the records on device **and** pid; a mapping without a record (made by
@@ -381,6 +384,19 @@ impl NbdMapper {
     }
 }
 
+/// Takes an exclusive lock on `path` (created if needed); released when dropped.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| DriverError::io(format!("opening {}", path.display()), e))?;
+    f.lock()
+        .map_err(|e| DriverError::io(format!("locking {}", path.display()), e))?;
+    Ok(f)
+}
+
 static TOKEN_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A token unique on this host: pid, time, sequence.
@@ -547,6 +563,8 @@ impl Mapper for NbdMapper {
             .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
         let asok = Some(dir.join(format!("{}.asok", unique_token())))
             .filter(|p| p.as_os_str().len() <= MAX_SOCKET_PATH);
+        // One map at a time on this host, so the one new watcher is ours.
+        let _lock = lock(&dir.join("map.lock"))?;
 
         // Watchers before, to tell the daemon's address afterwards. Best effort.
         let before = self.watchers(req).ok();
@@ -737,6 +755,10 @@ impl Mapper for NbdMapper {
     }
 
     fn list(&self) -> Result<Vec<Mapping>> {
+        if !self.cfg.sysfs.join("module/nbd").exists() && !Path::new("/dev/nbd0").exists() {
+            // No nbd driver: no nbd mapping can exist.
+            return Ok(Vec::new());
+        }
         self.check_available()?;
         let listed = self.list_mapped()?;
         let records = record::read_all(&self.records_dir());
