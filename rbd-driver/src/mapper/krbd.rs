@@ -429,10 +429,16 @@ impl Mapper for KrbdMapper {
                 sysfs.bus().display()
             )));
         }
-        if sysfs.add_file().is_none() {
+        let Some(add) = sysfs.add_file() else {
             return Err(unavailable(format!(
                 "neither add_single_major nor add exists in {}",
                 sysfs.bus().display()
+            )));
+        };
+        if let Err(e) = nix::unistd::access(&add, nix::unistd::AccessFlags::W_OK) {
+            return Err(unavailable(format!(
+                "{} is not writable ({e}); mapping needs root (CAP_SYS_ADMIN)",
+                add.display()
             )));
         }
         if sysfs.remove_file().is_none() {
