@@ -43,7 +43,11 @@ impl MonReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlocklistEntry {
     /// The fenced address (a client instance, or a whole host when port and nonce are 0).
+    /// For a [range](BlocklistEntry::range) entry this is the network address and the
+    /// nonce holds the prefix length.
     pub addr: EntityAddr,
+    /// True for a CIDR range entry (`osd blocklist range add`, Ceph 16.2.11 and newer).
+    pub range: bool,
     /// When the entry expires, if the monitor's timestamp could be parsed.
     pub until: Option<SystemTime>,
     /// The expiry exactly as the monitor printed it.
@@ -195,13 +199,26 @@ impl Rados {
         Ok(self
             .blocklist_ls()?
             .iter()
-            .any(|e| e.addr.same_instance(addr)))
+            .any(|e| !e.range && e.addr.same_instance(addr)))
     }
 }
 
-/// Parses `osd blocklist ls` output: the JSON form
-/// (`[{"addr": "1.2.3.4:0/5", "until": "2024-05-01T10:00:00.000000+0000"}]`) or the plain
-/// text form (`1.2.3.4:0/5 2024-05-01T10:00:00.000000+0000` per line).
+fn entry(addr: &str, range: bool, until: &str) -> std::result::Result<BlocklistEntry, String> {
+    let addr: EntityAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    let until_raw = until.trim().to_owned();
+    Ok(BlocklistEntry {
+        addr,
+        range,
+        until: parse_ceph_time(&until_raw),
+        until_raw,
+    })
+}
+
+/// Parses `osd blocklist ls` output.
+///
+/// The JSON form is one array of `{"addr", "until"}` entries, followed (Ceph 16.2.11+) by
+/// a second array of `{"range", "until"}` CIDR entries: `[{...}][{...}]`. The plain text
+/// form has one `ADDR UNTIL` line per entry, ranges prefixed with `cidr:`.
 pub fn parse_blocklist(out: &[u8]) -> std::result::Result<Vec<BlocklistEntry>, String> {
     let text = String::from_utf8_lossy(out);
     let trimmed = text.trim();
@@ -209,37 +226,33 @@ pub fn parse_blocklist(out: &[u8]) -> std::result::Result<Vec<BlocklistEntry>, S
         return Ok(Vec::new());
     }
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let v: serde_json::Value =
-            serde_json::from_str(trimmed).map_err(|e| format!("blocklist is not JSON: {e}"))?;
-        // Accept a bare array or an object wrapping one ({"blocklist": [...]}).
-        let items = match &v {
-            serde_json::Value::Array(a) => a.as_slice(),
-            serde_json::Value::Object(o) => o
-                .values()
-                .find_map(|x| x.as_array().map(Vec::as_slice))
-                .unwrap_or(&[]),
-            _ => return Err("blocklist JSON is neither an array nor an object".into()),
-        };
-        return items
-            .iter()
-            .map(|it| {
-                let addr = it
-                    .get("addr")
-                    .and_then(|a| a.as_str())
-                    .ok_or_else(|| format!("blocklist entry without an address: {it}"))?;
-                let addr: EntityAddr = addr.parse().map_err(|e| format!("{e}"))?;
-                let until_raw = it
-                    .get("until")
-                    .and_then(|u| u.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok(BlocklistEntry {
-                    addr,
-                    until: parse_ceph_time(&until_raw),
-                    until_raw,
-                })
-            })
-            .collect();
+        let mut list = Vec::new();
+        for v in serde_json::Deserializer::from_str(trimmed).into_iter::<serde_json::Value>() {
+            let v = v.map_err(|e| format!("blocklist is not JSON: {e}"))?;
+            // Accept bare arrays or objects wrapping them ({"blocklist": [...]}).
+            let items: Vec<&serde_json::Value> = match &v {
+                serde_json::Value::Array(a) => a.iter().collect(),
+                serde_json::Value::Object(o) => o
+                    .values()
+                    .filter_map(|x| x.as_array())
+                    .flatten()
+                    .collect(),
+                _ => return Err("blocklist JSON is neither an array nor an object".into()),
+            };
+            for it in items {
+                let until = it.get("until").and_then(|u| u.as_str()).unwrap_or_default();
+                let e = match (
+                    it.get("addr").and_then(|a| a.as_str()),
+                    it.get("range").and_then(|a| a.as_str()),
+                ) {
+                    (Some(a), _) => entry(a, false, until)?,
+                    (None, Some(r)) => entry(r.strip_prefix("cidr:").unwrap_or(r), true, until)?,
+                    (None, None) => return Err(format!("blocklist entry without an address: {it}")),
+                };
+                list.push(e);
+            }
+        }
+        return Ok(list);
     }
     trimmed
         .lines()
@@ -247,13 +260,10 @@ pub fn parse_blocklist(out: &[u8]) -> std::result::Result<Vec<BlocklistEntry>, S
         .filter(|l| !l.is_empty() && !l.starts_with("listed "))
         .map(|line| {
             let (addr, until) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-            let addr: EntityAddr = addr.parse().map_err(|e| format!("{e}"))?;
-            let until_raw = until.trim().to_owned();
-            Ok(BlocklistEntry {
-                addr,
-                until: parse_ceph_time(&until_raw),
-                until_raw,
-            })
+            match addr.strip_prefix("cidr:") {
+                Some(r) => entry(r, true, until),
+                None => entry(addr, false, until),
+            }
         })
         .collect()
 }
@@ -372,6 +382,24 @@ mod tests {
                 .is_none()
         );
         assert!(parse_blocklist(br#"[{"until":"x"}]"#).is_err());
+        assert!(l.iter().all(|e| !e.range));
+    }
+
+    #[test]
+    fn parses_pacific_two_array_output() {
+        // What Ceph 16.2.15 prints: exact entries, then CIDR ranges.
+        let out = br#"[{"addr":"127.0.0.1:0/999","until":"2026-11-22T02:33:41.586648+0000"}][{"range":"10.9.0.0:0/24","until":"2026-11-22T02:33:42.676995+0000"}]"#;
+        let l = parse_blocklist(out).unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(!l[0].range && l[0].addr.nonce == 999);
+        assert!(l[1].range);
+        assert_eq!(l[1].addr.to_legacy_string(), "10.9.0.0:0/24");
+        assert!(l[1].until.is_some());
+        assert!(parse_blocklist(b"[][]").unwrap().is_empty());
+        assert!(parse_blocklist(b"[][").is_err());
+        let text = b"127.0.0.1:0/999 2026-11-22T02:33:41.586648+0000\ncidr:10.9.0.0:0/24 2026-11-22T02:33:42.676995+0000\n";
+        let l = parse_blocklist(text).unwrap();
+        assert_eq!((l[0].range, l[1].range), (false, true));
     }
 
     #[test]
