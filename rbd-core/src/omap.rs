@@ -22,8 +22,8 @@
 //!
 //! librados keeps raw pointers to every output of an operation (per-action return values,
 //! iterators, read buffers, sizes) and writes through them when the reply arrives, i.e.
-//! during `operate`. Each op therefore owns those outputs in separately heap-allocated
-//! [`Slot`]s whose addresses never change, and frees them only after the C op was released.
+//! during `operate`. Each op therefore owns those outputs in separately allocated heap
+//! slots whose addresses never change, and frees them only after the C op was released.
 //! Inputs (keys, values, names) are copied into the op's encoded buffers by librados before
 //! the builder call returns, so they only need to live for that call.
 

@@ -114,14 +114,31 @@ fn paging_prefix_and_limits() {
     assert_eq!(odd.len(), 1250);
     assert!(odd.keys().all(|k| k.starts_with("odd.")));
 
-    let limited = io.omap_get_vals(&oid, Some("even.01000"), Some("even."), Some(1234)).unwrap();
-    assert_eq!(limited.len(), 1234.min(1250 - 501));
-    assert_eq!(limited.keys().next().unwrap(), "even.01002");
+    // start_after + prefix: the even keys after even.01000 (749 of them).
+    let after = io
+        .omap_get_vals(&oid, Some("even.01000"), Some("even."), None)
+        .unwrap();
+    assert_eq!(after.len(), 1250 - 501);
+    assert_eq!(after.keys().next().unwrap(), "even.01002");
+    let limited = io
+        .omap_get_vals(&oid, Some("even.01000"), Some("even."), Some(300))
+        .unwrap();
+    assert_eq!(limited.len(), 300);
+    assert_eq!(limited.keys().last().unwrap(), "even.01600");
+    // A limit that spans two pages.
+    let limited = io.omap_get_vals(&oid, None, None, Some(1234)).unwrap();
+    assert_eq!(limited.len(), 1234);
+    assert_eq!(
+        limited.keys().collect::<Vec<_>>(),
+        expected.keys().take(1234).collect::<Vec<_>>()
+    );
 
     let page = io.omap_get_vals_page(&oid, None, None, 100).unwrap();
     assert_eq!(page.entries.len(), 100);
     assert!(page.more);
-    let last = io.omap_get_vals_page(&oid, Some("odd.02497"), None, 100).unwrap();
+    let last = io
+        .omap_get_vals_page(&oid, Some("odd.02497"), None, 100)
+        .unwrap();
     assert_eq!(last.entries.keys().collect::<Vec<_>>(), ["odd.02499"]);
     assert!(!last.more);
     let kp = io.omap_get_keys_page(&oid, Some("even.00000"), 3).unwrap();
@@ -260,18 +277,28 @@ fn insert_if_absent_and_compare_and_swap() {
     assert_eq!(io.omap_get(&oid, "vol1").unwrap().unwrap(), b"node-a");
     assert!(io.omap_insert_if_absent(&oid, "vol2", b"node-b").unwrap());
     assert_eq!(
-        io.omap_insert_if_absent(&oid, "vol3", b"").unwrap_err().kind(),
+        io.omap_insert_if_absent(&oid, "vol3", b"")
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidInput
     );
 
-    assert!(io.omap_compare_and_swap(&oid, "vol1", b"node-a", b"node-c").unwrap());
-    assert!(!io.omap_compare_and_swap(&oid, "vol1", b"node-a", b"node-d").unwrap());
+    assert!(
+        io.omap_compare_and_swap(&oid, "vol1", b"node-a", b"node-c")
+            .unwrap()
+    );
+    assert!(
+        !io.omap_compare_and_swap(&oid, "vol1", b"node-a", b"node-d")
+            .unwrap()
+    );
     assert_eq!(io.omap_get(&oid, "vol1").unwrap().unwrap(), b"node-c");
     assert_eq!(io.omap_get(&oid, "vol2").unwrap().unwrap(), b"node-b");
 
     let missing = testkit::unique("omap-cas-missing");
     assert_eq!(
-        io.omap_compare_and_swap(&missing, "k", b"", b"v").unwrap_err().kind(),
+        io.omap_compare_and_swap(&missing, "k", b"", b"v")
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
     assert_eq!(io.stat(&missing).unwrap_err().kind(), ErrorKind::NotFound);
@@ -302,7 +329,8 @@ fn concurrent_writers_exactly_one_wins() {
             .iter()
             .enumerate()
             .map(|(i, io)| {
-                let (io, barrier, oid, key) = (io.clone(), barrier.clone(), oid.clone(), key.clone());
+                let (io, barrier, oid, key) =
+                    (io.clone(), barrier.clone(), oid.clone(), key.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
                     let won = io
@@ -324,8 +352,13 @@ fn concurrent_writers_exactly_one_wins() {
             .iter()
             .enumerate()
             .map(|(i, io)| {
-                let (io, barrier, oid, key, from) =
-                    (io.clone(), barrier.clone(), oid.clone(), key.clone(), stored.clone());
+                let (io, barrier, oid, key, from) = (
+                    io.clone(),
+                    barrier.clone(),
+                    oid.clone(),
+                    key.clone(),
+                    stored.clone(),
+                );
                 std::thread::spawn(move || {
                     barrier.wait();
                     let won = io
@@ -396,7 +429,9 @@ fn read_op_combines_actions() {
     // A stat of a missing object names the failing action.
     let mut op = ReadOp::new();
     let _ = op.stat();
-    let e = op.operate(&io, &testkit::unique("omap-readop-missing")).unwrap_err();
+    let e = op
+        .operate(&io, &testkit::unique("omap-readop-missing"))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 
     // An op that is built but never run is simply released (no leak, no crash).
