@@ -232,11 +232,9 @@ pub fn parse_blocklist(out: &[u8]) -> std::result::Result<Vec<BlocklistEntry>, S
             // Accept bare arrays or objects wrapping them ({"blocklist": [...]}).
             let items: Vec<&serde_json::Value> = match &v {
                 serde_json::Value::Array(a) => a.iter().collect(),
-                serde_json::Value::Object(o) => o
-                    .values()
-                    .filter_map(|x| x.as_array())
-                    .flatten()
-                    .collect(),
+                serde_json::Value::Object(o) => {
+                    o.values().filter_map(|x| x.as_array()).flatten().collect()
+                }
                 _ => return Err("blocklist JSON is neither an array nor an object".into()),
             };
             for it in items {
@@ -247,7 +245,9 @@ pub fn parse_blocklist(out: &[u8]) -> std::result::Result<Vec<BlocklistEntry>, S
                 ) {
                     (Some(a), _) => entry(a, false, until)?,
                     (None, Some(r)) => entry(r.strip_prefix("cidr:").unwrap_or(r), true, until)?,
-                    (None, None) => return Err(format!("blocklist entry without an address: {it}")),
+                    (None, None) => {
+                        return Err(format!("blocklist entry without an address: {it}"));
+                    }
                 };
                 list.push(e);
             }

@@ -124,20 +124,18 @@ enum Sink {
     Callback(Mutex<WatchCallback>),
 }
 
-/// What the C callbacks see, through the `arg` pointer.
+/// What the C callbacks see, through the `arg` pointer; owned by a [`Watch`].
+///
+/// It owns the watch's I/O context, so whatever keeps the state alive (including the
+/// deliberate leak in `Watch::teardown`) keeps the ioctx the callbacks ack through alive.
 struct WatchState {
     sink: Sink,
-    /// The Watch's own ioctx, for acks from callbacks. Outlives this state (see Watch).
-    io: sys::rados_ioctx_t,
-    oid: CString,
+    /// The watch's own ioctx: registration, acks, check and unwatch use it.
+    io: IoCtx,
+    oid: String,
+    coid: CString,
     ctx: Context,
 }
-
-// SAFETY: the raw ioctx is only used for rados_notify_ack, which librados allows from any
-// thread; everything mutable is behind a Mutex.
-unsafe impl Send for WatchState {}
-// SAFETY: as above; shared access from callback threads goes through Mutex/AtomicWaker.
-unsafe impl Sync for WatchState {}
 
 thread_local! {
     /// Set while a watch callback runs on this thread, to detect teardown from inside one
@@ -194,7 +192,7 @@ impl WatchState {
                 let reply = (lock(cb))(ev);
                 if let (Some((id, cookie)), Some(payload)) = (ack, reply) {
                     // Fire-and-forget: rados_notify_ack only queues the ack message.
-                    let _ = ack_raw(self.io, &self.oid, id, cookie, &payload);
+                    let _ = ack_raw(self.io.ptr(), &self.coid, id, cookie, &payload);
                 }
             }
         }
@@ -257,26 +255,28 @@ unsafe extern "C" fn watch_error_cb(arg: *mut c_void, _cookie: u64, err: c_int) 
 /// impl, [`Watch::try_recv`] or [`Watch::recv_timeout`]; the stream never ends while the
 /// watch exists.
 pub struct Watch {
-    /// Our own ioctx: acks and unwatch use it, and callbacks hold its raw pointer.
-    io: IoCtx,
-    oid: String,
+    /// Leaked Box shared with the callbacks; freed by `teardown` (or deliberately leaked).
+    state: NonNull<WatchState>,
+    /// False once `teardown` ran: `state` must not be used any more.
+    alive: bool,
     cookie: u64,
-    state: Option<NonNull<WatchState>>,
     queue: Option<Arc<Queue>>,
 }
 
-// SAFETY: the IoCtx is Send + Sync; the state pointer is only dereferenced by librados
-// callbacks (WatchState is Sync) and freed by teardown, which needs `&mut self`.
+// SAFETY: WatchState is Send + Sync (IoCtx, Mutex-guarded sink); the pointer is shared
+// with librados callbacks, which only read through it, and freed by teardown, which needs
+// `&mut self` or ownership.
 unsafe impl Send for Watch {}
-// SAFETY: `&Watch` methods only issue thread-safe librados calls (ack, check).
+// SAFETY: `&Watch` methods only read the state and issue thread-safe librados calls.
 unsafe impl Sync for Watch {}
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state();
         f.debug_struct("Watch")
-            .field("pool", &self.io.pool_name())
-            .field("namespace", &self.io.namespace())
-            .field("object", &self.oid)
+            .field("pool", &st.io.pool_name())
+            .field("namespace", &st.io.namespace())
+            .field("object", &st.oid)
             .field("cookie", &self.cookie)
             .finish_non_exhaustive()
     }
@@ -344,23 +344,27 @@ impl Watch {
     ) -> Result<Watch> {
         let coid = oid_cstring(oid)?;
         let own = io.try_clone()?;
+        let ctx = own.ctx().with_object(oid);
         let state = Box::new(WatchState {
             sink,
-            io: own.ptr(),
-            oid: coid.clone(),
-            ctx: own.ctx().with_object(oid),
+            io: own,
+            oid: oid.to_owned(),
+            coid,
+            ctx,
         });
+        let (io_ptr, coid_ptr) = (state.io.ptr(), state.coid.as_ptr());
         let state = NonNull::from(Box::leak(state));
         let arg = state.as_ptr().cast::<c_void>();
         let mut cookie = 0u64;
         let (ret, op) = match opts.timeout {
             None => (
-                // SAFETY: valid ioctx and C string; `cookie` is a valid out-pointer; `arg`
-                // is the leaked WatchState, freed only after unwatch2 + watch_flush.
+                // SAFETY: valid ioctx and C string (both owned by the state); `cookie` is a
+                // valid out-pointer; `arg` is the leaked WatchState, freed only after
+                // unwatch2 + watch_flush.
                 unsafe {
                     sys::rados_watch2(
-                        own.ptr(),
-                        coid.as_ptr(),
+                        io_ptr,
+                        coid_ptr,
                         &mut cookie,
                         Some(watch_notify_cb),
                         Some(watch_error_cb),
@@ -377,8 +381,8 @@ impl Watch {
                     // SAFETY: as for rados_watch2.
                     unsafe {
                         sys::rados_watch3(
-                            own.ptr(),
-                            coid.as_ptr(),
+                            io_ptr,
+                            coid_ptr,
                             &mut cookie,
                             Some(watch_notify_cb),
                             Some(watch_error_cb),
@@ -391,26 +395,34 @@ impl Watch {
             }
         };
         if ret < 0 {
+            // SAFETY: `state` came from Box::leak above; take it back.
+            let state = unsafe { Box::from_raw(state.as_ptr()) };
             // librados cancelled the registration; make sure no callback is still queued
             // before freeing the state.
             // SAFETY: valid cluster handle.
-            unsafe { sys::rados_watch_flush(own.rados().ptr()) };
-            // SAFETY: `state` came from Box::leak above and no callback can use it now.
-            drop(unsafe { Box::from_raw(state.as_ptr()) });
-            check(ret, op, || own.ctx().with_object(oid))?;
+            unsafe { sys::rados_watch_flush(state.io.rados().ptr()) };
+            let ctx = state.ctx.clone();
+            drop(state);
+            check(ret, op, || ctx)?;
         }
         Ok(Watch {
-            io: own,
-            oid: oid.to_owned(),
+            state,
+            alive: true,
             cookie,
-            state: Some(state),
             queue,
         })
     }
 
+    fn state(&self) -> &WatchState {
+        debug_assert!(self.alive, "watch state used after teardown");
+        // SAFETY: the state is freed only by teardown, which runs from Drop or unwatch
+        // (both consume the Watch), so it is alive for any `&self` method.
+        unsafe { self.state.as_ref() }
+    }
+
     /// The watched object's name.
     pub fn oid(&self) -> &str {
-        &self.oid
+        &self.state().oid
     }
 
     /// The watch handle (cookie), as in [`Notification::cookie`].
@@ -420,18 +432,17 @@ impl Watch {
 
     /// Acknowledges a notification with a payload for the notifier (`rados_notify_ack`).
     pub fn ack(&self, n: &Notification, payload: &[u8]) -> Result<()> {
-        self.io
-            .notify_ack(&self.oid, n.notify_id, n.cookie, payload)
+        let st = self.state();
+        st.io.notify_ack(&st.oid, n.notify_id, n.cookie, payload)
     }
 
     /// How long ago the OSD last confirmed the watch (`rados_watch_check`); an error
     /// means the watch is broken and must be re-established.
     pub fn check(&self) -> Result<Duration> {
+        let st = self.state();
         // SAFETY: valid ioctx; the cookie belongs to it and is still registered.
-        let ret = unsafe { sys::rados_watch_check(self.io.ptr(), self.cookie) };
-        let ms = check(ret, "rados_watch_check", || {
-            self.io.ctx().with_object(&self.oid)
-        })?;
+        let ret = unsafe { sys::rados_watch_check(st.io.ptr(), self.cookie) };
+        let ms = check(ret, "rados_watch_check", || st.ctx.clone())?;
         Ok(Duration::from_millis(ms as u64))
     }
 
@@ -464,27 +475,28 @@ impl Watch {
     /// Unregisters the watch (`rados_unwatch2`, then `rados_watch_flush`) and frees the
     /// callback state. Idempotent: later calls (and Drop) do nothing.
     fn teardown(&mut self) -> Result<()> {
-        let Some(state) = self.state.take() else {
+        if !self.alive {
             return Ok(());
-        };
+        }
+        let st = self.state();
+        let ctx = st.ctx.clone();
         // SAFETY: valid ioctx and registered cookie. After this returns, librados has
         // cancelled the watch (linger_cancel) whatever the result, so no new callbacks are
         // queued for it. Bounded by the OSD op timeout.
-        let ret = unsafe { sys::rados_unwatch2(self.io.ptr(), self.cookie) };
+        let ret = unsafe { sys::rados_unwatch2(st.io.ptr(), self.cookie) };
         if IN_CALLBACK.with(Cell::get) {
-            // rados_watch_flush would wait for the very callback we are in. Leak the
-            // state (a few bytes) rather than deadlock or free it under a running callback.
-            let _ = state;
+            // rados_watch_flush would wait for the very callback we are in. Leak the state
+            // (and with it the ioctx the running callback may still ack through) rather
+            // than deadlock or free it under a running callback.
         } else {
             // SAFETY: valid cluster handle; waits until queued callbacks have run.
-            unsafe { sys::rados_watch_flush(self.io.rados().ptr()) };
+            unsafe { sys::rados_watch_flush(st.io.rados().ptr()) };
             // SAFETY: from Box::leak in register; unwatch2 + watch_flush guarantee no
-            // callback is running or will run with it.
-            drop(unsafe { Box::from_raw(state.as_ptr()) });
+            // callback is running or will run with it, and `st` is not used after this.
+            drop(unsafe { Box::from_raw(self.state.as_ptr()) });
         }
-        check(ret, "rados_unwatch2", || {
-            self.io.ctx().with_object(&self.oid)
-        })?;
+        self.alive = false;
+        check(ret, "rados_unwatch2", || ctx)?;
         Ok(())
     }
 
@@ -1038,6 +1050,9 @@ mod tests {
         is_send::<NotifyFuture>();
         fn is_sync<T: Sync>() {}
         is_sync::<Watch>();
+        // Watch's unsafe Send/Sync rest on these being thread-safe on their own.
+        is_send::<WatchState>();
+        is_sync::<WatchState>();
     }
 
     fn ack() -> impl Strategy<Value = NotifyAck> {

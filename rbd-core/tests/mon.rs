@@ -21,7 +21,11 @@ impl Drop for Unblock<'_> {
 /// Addresses in `ceph osd blocklist ls --format json` (two concatenated arrays in
 /// Pacific: exact entries, then ranges).
 fn cli_blocklist(conf: &std::path::PathBuf) -> Vec<String> {
-    let out = common::cli(conf, "ceph", &["osd", "blocklist", "ls", "--format", "json"]);
+    let out = common::cli(
+        conf,
+        "ceph",
+        &["osd", "blocklist", "ls", "--format", "json"],
+    );
     serde_json::Deserializer::from_str(&out)
         .into_iter::<serde_json::Value>()
         .flat_map(|v| v.unwrap().as_array().cloned().unwrap_or_default())
@@ -42,7 +46,10 @@ fn mon_commands_and_json() {
         return;
     };
     let reply = rados
-        .mon_command(&serde_json::json!({"prefix": "fsid", "format": "json"}), &[])
+        .mon_command(
+            &serde_json::json!({"prefix": "fsid", "format": "json"}),
+            &[],
+        )
         .unwrap();
     let v: serde_json::Value = reply.json().unwrap();
     assert_eq!(v["fsid"].as_str().unwrap(), rados.fsid().unwrap());
@@ -98,7 +105,10 @@ fn refused_commands_carry_the_status() {
     assert!(e.to_string().contains(&pool), "{e}");
 
     let e = rados
-        .mon_command(&serde_json::json!({"prefix": "no such command at all"}), &[])
+        .mon_command(
+            &serde_json::json!({"prefix": "no such command at all"}),
+            &[],
+        )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 

@@ -40,7 +40,10 @@ fn write_read_stat_truncate_remove() {
     io.write(&oid, b"J", 7).unwrap();
     assert_eq!(io.read(&oid, 0, 100).unwrap(), b"hello, Jorld");
     assert_eq!(io.read(&oid, 7, 3).unwrap(), b"Jor");
-    assert!(io.read(&oid, 100, 10).unwrap().is_empty(), "read past the end");
+    assert!(
+        io.read(&oid, 100, 10).unwrap().is_empty(),
+        "read past the end"
+    );
     let mut buf = [0u8; 4];
     assert_eq!(io.read_into(&oid, 2, &mut buf).unwrap(), 4);
     assert_eq!(&buf, b"llo,");
@@ -52,7 +55,11 @@ fn write_read_stat_truncate_remove() {
     // Ceph's own view: `rados stat` prints "rbd/<oid> mtime ..., size 12".
     let out = common::cli(&conf, "rados", &["-p", common::POOL, "stat", &oid]);
     assert!(out.trim_end().ends_with("size 12"), "{out}");
-    let got = common::cli(&conf, "rados", &["-p", common::POOL, "get", &oid, "/dev/stdout"]);
+    let got = common::cli(
+        &conf,
+        "rados",
+        &["-p", common::POOL, "get", &oid, "/dev/stdout"],
+    );
     assert_eq!(got, "hello, Jorld");
 
     io.truncate(&oid, 5).unwrap();
@@ -71,7 +78,10 @@ fn write_read_stat_truncate_remove() {
     let e = io.read(&oid, 0, 1).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.to_string().contains(&oid), "{e}");
-    assert_eq!(io.remove_object(&oid).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        io.remove_object(&oid).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let (ok, _, _) = common::cli_status(&conf, "rados", &["-p", common::POOL, "stat", &oid]);
     assert!(!ok, "rados stat still finds the removed object");
 }
@@ -96,7 +106,11 @@ fn create_exclusive_and_idempotent() {
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
     io.write_full(&oid, b"data").unwrap();
     io.create_object(&oid, CreateMode::Idempotent).unwrap();
-    assert_eq!(io.read_full(&oid).unwrap(), b"data", "idempotent create keeps data");
+    assert_eq!(
+        io.read_full(&oid).unwrap(),
+        b"data",
+        "idempotent create keeps data"
+    );
 }
 
 #[test]
@@ -129,7 +143,11 @@ fn xattrs() {
     .collect();
     assert_eq!(all, expected);
 
-    let cli = common::cli(&conf, "rados", &["-p", common::POOL, "getxattr", &oid, "user.a"]);
+    let cli = common::cli(
+        &conf,
+        "rados",
+        &["-p", common::POOL, "getxattr", &oid, "user.a"],
+    );
     assert_eq!(cli.trim_end(), "alpha");
     let names = common::cli(&conf, "rados", &["-p", common::POOL, "listxattr", &oid]);
     let mut names: Vec<&str> = names.lines().collect();
@@ -144,10 +162,7 @@ fn xattrs() {
     assert!(!names.lines().any(|l| l == "user.a"), "{names}");
 
     let missing = testkit::unique("obj-missing");
-    assert_eq!(
-        io.xattrs(&missing).unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    assert_eq!(io.xattrs(&missing).unwrap_err().kind(), ErrorKind::NotFound);
 }
 
 #[test]
@@ -156,7 +171,11 @@ fn listing_in_a_namespace_and_across_namespaces() {
         return;
     };
     let ns = testkit::unique("ns");
-    let io = rados.ioctx(common::POOL).unwrap().with_namespace(&ns).unwrap();
+    let io = rados
+        .ioctx(common::POOL)
+        .unwrap()
+        .with_namespace(&ns)
+        .unwrap();
     let names: Vec<String> = (0..5).map(|i| format!("{ns}-obj-{i}")).collect();
     let _g = Cleanup {
         io: &io,
@@ -186,7 +205,10 @@ fn listing_in_a_namespace_and_across_namespaces() {
         !names.iter().any(|n| in_default.contains(n)),
         "namespaced objects leaked into the default namespace"
     );
-    assert_eq!(default.stat(&names[0]).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        default.stat(&names[0]).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let all = default.list_objects_all_namespaces().unwrap();
     let mut ours: Vec<String> = all
         .iter()

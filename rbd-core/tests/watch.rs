@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -58,7 +58,10 @@ fn notify_is_received_and_acked_across_connections() {
         w[0].contains(&format!("client.{}", a.instance_id())),
         "{w:?}"
     );
-    assert!(w[0].contains(&format!("cookie={}", watch.cookie())), "{w:?}");
+    assert!(
+        w[0].contains(&format!("cookie={}", watch.cookie())),
+        "{w:?}"
+    );
     assert!(watch.check().unwrap() < Duration::from_secs(60));
 
     let notifier = {
@@ -66,7 +69,9 @@ fn notify_is_received_and_acked_across_connections() {
         let oid = oid.clone();
         std::thread::spawn(move || io_b.notify(&oid, b"ping", Duration::from_secs(15)))
     };
-    let ev = watch.recv_timeout(Duration::from_secs(20)).expect("notification");
+    let ev = watch
+        .recv_timeout(Duration::from_secs(20))
+        .expect("notification");
     let WatchEvent::Notify(n) = ev else {
         panic!("unexpected {ev:?}")
     };
@@ -92,7 +97,10 @@ fn notify_is_received_and_acked_across_connections() {
         .unwrap()
         .notify(&oid, b"again", Duration::from_secs(5))
         .unwrap();
-    assert!(reply.acks.is_empty() && reply.timeouts.is_empty(), "{reply:?}");
+    assert!(
+        reply.acks.is_empty() && reply.timeouts.is_empty(),
+        "{reply:?}"
+    );
 }
 
 #[test]
@@ -102,13 +110,17 @@ fn notify_without_watchers_returns_at_once() {
     };
     let io = b.ioctx(common::POOL).unwrap();
     let t = Instant::now();
-    let reply = io.notify(&oid, b"anyone?", Duration::from_secs(10)).unwrap();
+    let reply = io
+        .notify(&oid, b"anyone?", Duration::from_secs(10))
+        .unwrap();
     assert!(reply.acks.is_empty(), "{reply:?}");
     assert!(reply.timeouts.is_empty(), "{reply:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
     let missing = testkit::unique("watch-missing");
-    let e = io.notify(&missing, b"x", Duration::from_secs(5)).unwrap_err();
+    let e = io
+        .notify(&missing, b"x", Duration::from_secs(5))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     let e = io.watch(&missing).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
@@ -126,7 +138,9 @@ fn notify_times_out_when_a_watcher_never_acks() {
         .unwrap();
     let io_b = b.ioctx(common::POOL).unwrap();
     let t = Instant::now();
-    let reply = io_b.notify(&oid, b"hello?", Duration::from_secs(2)).unwrap();
+    let reply = io_b
+        .notify(&oid, b"hello?", Duration::from_secs(2))
+        .unwrap();
     let elapsed = t.elapsed();
     assert!(reply.acks.is_empty(), "{reply:?}");
     assert_eq!(reply.timeouts.len(), 1, "{reply:?}");
@@ -182,8 +196,57 @@ fn callback_watch_acks_and_survives_panics() {
     drop(bad);
     good.unwatch().unwrap();
     let reply = io_b.notify(&oid, b"bye", Duration::from_secs(3)).unwrap();
-    assert!(reply.acks.is_empty() && reply.timeouts.is_empty(), "{reply:?}");
+    assert!(
+        reply.acks.is_empty() && reply.timeouts.is_empty(),
+        "{reply:?}"
+    );
     assert!(rx.try_recv().is_err(), "no callback after unwatch");
+}
+
+#[test]
+fn dropping_a_watch_inside_its_callback_does_not_deadlock() {
+    let Some((a, b, oid, _g, conf)) = setup("watch-selfdrop") else {
+        return;
+    };
+    let io_a = a.ioctx(common::POOL).unwrap();
+    let slot: Arc<Mutex<Option<rbd_core::Watch>>> = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::channel();
+    let watch = io_a
+        .watch_with_callback(&oid, &WatchOptions::new(), {
+            let slot = slot.clone();
+            move |ev| {
+                if let WatchEvent::Notify(_) = ev {
+                    // Unwatch from inside our own callback, then still ack.
+                    let w = slot.lock().unwrap().take();
+                    let _ = tx.send(w.map(|w| w.unwatch()));
+                    return Some(b"bye".to_vec());
+                }
+                None
+            }
+        })
+        .unwrap();
+    *slot.lock().unwrap() = Some(watch);
+
+    let io_b = b.ioctx(common::POOL).unwrap();
+    let t = Instant::now();
+    let reply = io_b.notify(&oid, b"x", Duration::from_secs(10)).unwrap();
+    // The watcher left before its ack was sent, so the OSD counts it as neither acked
+    // nor timed out, and the notify completes without waiting for the timeout.
+    assert!(reply.timeouts.is_empty(), "{reply:?}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    let unwatched = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(matches!(unwatched, Some(Ok(()))), "{unwatched:?}");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(1)).is_err(),
+        "callback ran twice"
+    );
+    assert!(watchers(&conf, &oid).is_empty());
+    // The connection still works normally afterwards.
+    let reply = io_b.notify(&oid, b"y", Duration::from_secs(5)).unwrap();
+    assert!(
+        reply.acks.is_empty() && reply.timeouts.is_empty(),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +295,11 @@ async fn async_stream_and_aio_notify() {
 
     // Errors are delivered through the future too.
     let e = io_b
-        .aio_notify(&testkit::unique("watch-async-missing"), b"x", Duration::from_secs(5))
+        .aio_notify(
+            &testkit::unique("watch-async-missing"),
+            b"x",
+            Duration::from_secs(5),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
@@ -251,7 +318,10 @@ async fn async_stream_and_aio_notify() {
         .await
         .expect("watcher task finished")
         .unwrap();
-    assert_eq!(seen, [b"abc".to_vec(), b"dropped".to_vec(), b"stop".to_vec()]);
+    assert_eq!(
+        seen,
+        [b"abc".to_vec(), b"dropped".to_vec(), b"stop".to_vec()]
+    );
 }
 
 #[test]
