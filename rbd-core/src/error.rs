@@ -38,6 +38,9 @@ pub enum ErrorKind {
     NotSupported,
     /// A guarded (compare) operation's condition did not hold (`ECANCELED`).
     ConditionFailed,
+    /// The session to the OSD was lost, e.g. a watch that must be re-established
+    /// (`ENOTCONN`).
+    NotConnected,
     /// The library version is older than the minimum supported.
     UnsupportedVersion,
     /// Anything else; see [`Error::errno`].
@@ -60,6 +63,7 @@ impl ErrorKind {
             libc::EROFS => Self::ReadOnly,
             libc::EOPNOTSUPP | libc::ENOSYS => Self::NotSupported,
             libc::ECANCELED => Self::ConditionFailed,
+            libc::ENOTCONN => Self::NotConnected,
             _ => Self::Other,
         }
     }
@@ -80,6 +84,7 @@ impl fmt::Display for ErrorKind {
             Self::ReadOnly => "read-only",
             Self::NotSupported => "not supported",
             Self::ConditionFailed => "guard condition failed",
+            Self::NotConnected => "not connected",
             Self::UnsupportedVersion => "unsupported library version",
             Self::Other => "failed",
         };
@@ -371,6 +376,7 @@ impl From<Error> for std::io::Error {
             ErrorKind::ReadOnly => std::io::ErrorKind::ReadOnlyFilesystem,
             ErrorKind::NoSpace => std::io::ErrorKind::StorageFull,
             ErrorKind::Busy => std::io::ErrorKind::ResourceBusy,
+            ErrorKind::NotConnected => std::io::ErrorKind::NotConnected,
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
@@ -420,6 +426,10 @@ mod tests {
         assert_eq!(
             ErrorKind::from_errno(libc::ECANCELED),
             ErrorKind::ConditionFailed
+        );
+        assert_eq!(
+            ErrorKind::from_errno(libc::ENOTCONN),
+            ErrorKind::NotConnected
         );
         assert_eq!(ErrorKind::from_errno(9999), ErrorKind::Other);
     }

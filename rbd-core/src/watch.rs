@@ -67,8 +67,9 @@ pub struct Notification {
 pub enum WatchEvent {
     /// A notification to handle and acknowledge ([`Watch::ack`]).
     Notify(Notification),
-    /// The watch broke (`rados_watcherrcb_t`), e.g. `ENOTCONN` or blocklisting. Notifies
-    /// may have been missed; drop the watch and watch again.
+    /// The watch broke (`rados_watcherrcb_t`), e.g. `ENOTCONN`
+    /// ([`crate::ErrorKind::NotConnected`], also what a fenced client's watch reports).
+    /// Notifies may have been missed; drop the watch and watch again.
     Error(Error),
 }
 
