@@ -1308,7 +1308,7 @@ impl IoCtx {
         let mut all = BTreeMap::new();
         let mut start = start_after.map(str::to_owned);
         loop {
-            let left = max_return.map_or(OMAP_PAGE_SIZE, |m| m - all.len() as u64);
+            let left = max_return.map_or(OMAP_PAGE_SIZE, |m| m.saturating_sub(all.len() as u64));
             if left == 0 {
                 return Ok(all);
             }

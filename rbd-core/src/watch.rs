@@ -396,14 +396,17 @@ impl Watch {
             }
         };
         if ret < 0 {
-            // SAFETY: `state` came from Box::leak above; take it back.
-            let state = unsafe { Box::from_raw(state.as_ptr()) };
+            // SAFETY: the leaked state is alive; only shared access here.
+            let ctx = unsafe { state.as_ref() }.ctx.clone();
             // librados cancelled the registration; make sure no callback is still queued
-            // before freeing the state.
-            // SAFETY: valid cluster handle.
-            unsafe { sys::rados_watch_flush(state.io.rados().ptr()) };
-            let ctx = state.ctx.clone();
-            drop(state);
+            // before freeing the state (unless we are inside a callback, where flushing
+            // would wait for ourselves: then leak it).
+            if !IN_CALLBACK.with(Cell::get) {
+                // SAFETY: the cluster handle is alive (the state's IoCtx holds it).
+                unsafe { sys::rados_watch_flush(state.as_ref().io.rados().ptr()) };
+                // SAFETY: from Box::leak above; no callback can use it after the flush.
+                drop(unsafe { Box::from_raw(state.as_ptr()) });
+            }
             check(ret, op, || ctx)?;
         }
         Ok(Watch {
