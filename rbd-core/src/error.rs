@@ -38,6 +38,9 @@ pub enum ErrorKind {
     NotSupported,
     /// A guarded (compare) operation's condition did not hold (`ECANCELED`).
     ConditionFailed,
+    /// The session to the OSD was lost, e.g. a watch that must be re-established
+    /// (`ENOTCONN`).
+    NotConnected,
     /// The library version is older than the minimum supported.
     UnsupportedVersion,
     /// Anything else; see [`Error::errno`].
@@ -60,6 +63,7 @@ impl ErrorKind {
             libc::EROFS => Self::ReadOnly,
             libc::EOPNOTSUPP | libc::ENOSYS => Self::NotSupported,
             libc::ECANCELED => Self::ConditionFailed,
+            libc::ENOTCONN => Self::NotConnected,
             _ => Self::Other,
         }
     }
@@ -80,6 +84,7 @@ impl fmt::Display for ErrorKind {
             Self::ReadOnly => "read-only",
             Self::NotSupported => "not supported",
             Self::ConditionFailed => "guard condition failed",
+            Self::NotConnected => "not connected",
             Self::UnsupportedVersion => "unsupported library version",
             Self::Other => "failed",
         };
@@ -177,6 +182,15 @@ fn ctx_suffix(ctx: &Context) -> String {
     }
 }
 
+fn status_suffix(status: &str) -> String {
+    let s = status.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
 /// The error type of every fallible operation in this crate.
 ///
 /// `Display` says what failed and where; the underlying cause (the OS error for errno
@@ -230,6 +244,21 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A monitor command was refused; `status` is the monitor's own explanation.
+    #[error("mon command {command:?} failed: {kind} (errno {errno}){}", status_suffix(.status))]
+    Command {
+        /// The command's prefix, e.g. `osd blocklist`.
+        command: String,
+        /// The positive errno value.
+        errno: i32,
+        /// Its classification.
+        kind: ErrorKind,
+        /// The status string the monitor returned (may be empty).
+        status: String,
+        /// The errno as an OS error, for its text.
+        #[source]
+        source: std::io::Error,
+    },
     /// An operation was given up after its deadline, on our side.
     #[error("{op}{} did not finish within {timeout:?}", ctx_suffix(.ctx))]
     Timeout {
@@ -251,6 +280,19 @@ impl Error {
             ctx: Box::new(ctx),
             errno,
             kind: ErrorKind::from_errno(errno),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// Builds an [`Error::Command`] from a monitor command's negative return code and
+    /// status string.
+    pub fn command(command: impl Into<String>, errno: i32, status: impl Into<String>) -> Self {
+        let errno = errno.abs();
+        Error::Command {
+            command: command.into(),
+            errno,
+            kind: ErrorKind::from_errno(errno),
+            status: status.into(),
             source: std::io::Error::from_raw_os_error(errno),
         }
     }
@@ -284,7 +326,7 @@ impl Error {
     /// The classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Ceph { kind, .. } => *kind,
+            Error::Ceph { kind, .. } | Error::Command { kind, .. } => *kind,
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,
             Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
             Error::Decode { .. } => ErrorKind::Other,
@@ -295,7 +337,7 @@ impl Error {
     /// The positive errno value, for errors that came from librados or librbd.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Ceph { errno, .. } => Some(*errno),
+            Error::Ceph { errno, .. } | Error::Command { errno, .. } => Some(*errno),
             Error::Timeout { .. } => Some(libc::ETIMEDOUT),
             _ => None,
         }
@@ -307,6 +349,7 @@ impl Error {
             Error::Ceph { op, .. } | Error::Decode { op, .. } | Error::Timeout { op, .. } => {
                 Some(op)
             }
+            Error::Command { .. } => Some("rados_mon_command"),
             _ => None,
         }
     }
@@ -333,6 +376,7 @@ impl From<Error> for std::io::Error {
             ErrorKind::ReadOnly => std::io::ErrorKind::ReadOnlyFilesystem,
             ErrorKind::NoSpace => std::io::ErrorKind::StorageFull,
             ErrorKind::Busy => std::io::ErrorKind::ResourceBusy,
+            ErrorKind::NotConnected => std::io::ErrorKind::NotConnected,
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
@@ -383,6 +427,10 @@ mod tests {
             ErrorKind::from_errno(libc::ECANCELED),
             ErrorKind::ConditionFailed
         );
+        assert_eq!(
+            ErrorKind::from_errno(libc::ENOTCONN),
+            ErrorKind::NotConnected
+        );
         assert_eq!(ErrorKind::from_errno(9999), ErrorKind::Other);
     }
 
@@ -400,6 +448,19 @@ mod tests {
         assert!(msg.contains("rbd_open"), "{msg}");
         assert!(msg.contains("pool rbd, image db1"), "{msg}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn command_errors_carry_status() {
+        let e = Error::command("osd blocklist", -libc::EINVAL, "bad addr 1.2.3\n");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(e.errno(), Some(libc::EINVAL));
+        assert_eq!(e.op(), Some("rados_mon_command"));
+        let msg = e.to_string();
+        assert!(msg.contains("\"osd blocklist\""), "{msg}");
+        assert!(msg.ends_with(": bad addr 1.2.3"), "{msg}");
+        let e = Error::command("x", -libc::EPERM, "");
+        assert!(!e.to_string().ends_with(": "), "{e}");
     }
 
     #[test]

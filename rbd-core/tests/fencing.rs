@@ -1,0 +1,201 @@
+//! Fencing: once client A's exact address is blocklisted by client B, A's next operations
+//! fail promptly (never hang), B is unaffected, and A's watch reports an error.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rbd_core::rados::with_deadline;
+use rbd_core::watch::WatchEvent;
+use rbd_core::{ConnectOptions, Context, EntityAddr, Error, ErrorKind, IoCtx, Rados, Timeouts};
+
+/// A's configured timeout for every operation.
+const A_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much later than its timeout a fenced call may return.
+const MARGIN: Duration = Duration::from_secs(5);
+
+/// Removes the blocklist entry and the test objects when dropped, even on failure.
+struct Cleanup {
+    b: Rados,
+    addr: EntityAddr,
+    oids: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = self.b.blocklist_rm(&self.addr);
+        if let Ok(io) = self.b.ioctx(common::POOL) {
+            for o in &self.oids {
+                let _ = io.remove_object(o);
+            }
+        }
+    }
+}
+
+/// Runs one of A's calls on a helper thread with a hard deadline, so a hang fails the test
+/// instead of hanging it. Returns the call's result and how long it took.
+fn fenced_call<T, F>(what: &'static str, f: F) -> (Result<T, Error>, Duration)
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    let t = Instant::now();
+    let r = with_deadline(what, Context::none(), A_TIMEOUT + MARGIN * 2, f);
+    (r, t.elapsed())
+}
+
+fn assert_fenced<T: std::fmt::Debug>(what: &str, r: Result<T, Error>, elapsed: Duration) {
+    let e = r.expect_err(&format!("{what}: a blocklisted client's call succeeded"));
+    eprintln!("{what}: failed after {elapsed:?} with: {e}");
+    assert!(
+        matches!(e, Error::Ceph { .. }),
+        "{what}: the call hung until our hard deadline: {e}"
+    );
+    assert!(
+        matches!(e.kind(), ErrorKind::Blocklisted | ErrorKind::Timeout),
+        "{what}: unexpected error {e}"
+    );
+    assert!(
+        elapsed <= A_TIMEOUT + MARGIN,
+        "{what}: took {elapsed:?}, more than {A_TIMEOUT:?} + {MARGIN:?}"
+    );
+}
+
+#[test]
+fn blocklisted_client_is_fenced_promptly() {
+    let Some((b, conf)) = common::connect() else {
+        return;
+    };
+    let a = Rados::connect(
+        &ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(Timeouts::uniform(A_TIMEOUT)),
+    )
+    .unwrap();
+    let io_a = Arc::new(a.ioctx(common::POOL).unwrap());
+    let data_oid = testkit::unique("fence-data");
+    let watch_oid = testkit::unique("fence-watch");
+    let b_oid = testkit::unique("fence-b");
+    let addr = *a.getaddrs().unwrap().primary().unwrap();
+    let _cleanup = Cleanup {
+        b: b.clone(),
+        addr,
+        oids: vec![data_oid.clone(), watch_oid.clone(), b_oid.clone()],
+    };
+
+    // Before fencing, A works normally.
+    io_a.write_full(&data_oid, b"before").unwrap();
+    io_a.omap_set(&data_oid, &[("owner", b"a")]).unwrap();
+    io_a.write_full(&watch_oid, b"w").unwrap();
+    let mut watch = io_a.watch(&watch_oid).unwrap();
+    assert!(watch.check().is_ok());
+
+    // B fences A's exact address.
+    b.blocklist_add(&addr, Some(Duration::from_secs(600)))
+        .unwrap();
+    let list = b.blocklist_ls().unwrap();
+    assert!(
+        list.iter().any(|e| !e.range && e.addr.same_instance(&addr)),
+        "{addr} not in {list:?}"
+    );
+    let cli = common::cli(&conf, "ceph", &["osd", "blocklist", "ls"]);
+    assert!(cli.contains(&addr.to_legacy_string()), "{cli}");
+
+    // B is unaffected; its write also brings the OSD up to the blocklisting map.
+    let io_b = b.ioctx(common::POOL).unwrap();
+    io_b.write_full(&b_oid, b"b still works").unwrap();
+    assert_eq!(io_b.read_full(&b_oid).unwrap(), b"b still works");
+
+    // A's next data write fails promptly.
+    let (r, took) = fenced_call("fenced write_full", {
+        let io = io_a.clone();
+        let oid = data_oid.clone();
+        move || io.write_full(&oid, b"after")
+    });
+    assert_fenced("write_full", r, took);
+
+    // And so does an omap transaction.
+    let (r, took) = fenced_call("fenced omap_compare_and_swap", {
+        let io = io_a.clone();
+        let oid = data_oid.clone();
+        move || io.omap_compare_and_swap(&oid, "owner", b"a", b"a-again")
+    });
+    assert_fenced("omap_compare_and_swap", r, took);
+
+    // Nothing A tried after being fenced reached the object.
+    assert_eq!(io_b.read_full(&data_oid).unwrap(), b"before");
+    assert_eq!(io_b.omap_get(&data_oid, "owner").unwrap().unwrap(), b"a");
+
+    // A's watch reports the fencing as an error event.
+    let t = Instant::now();
+    let ev = watch.recv_timeout(Duration::from_secs(60));
+    match ev {
+        Some(WatchEvent::Error(e)) => {
+            eprintln!("watch error after {:?}: {e}", t.elapsed());
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::NotConnected | ErrorKind::Blocklisted | ErrorKind::Timeout
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&watch_oid), "{e}");
+        }
+        other => panic!(
+            "expected a watch error after {:?}, got {other:?}",
+            t.elapsed()
+        ),
+    }
+    assert!(
+        watch.check().is_err(),
+        "watch_check still reports a live watch"
+    );
+
+    // Tear A down under a deadline too: unwatch and shutdown must not hang.
+    let (r, took) = fenced_call("fenced teardown", move || {
+        drop(watch);
+        drop(io_a);
+        drop(a);
+        Ok(())
+    });
+    r.unwrap();
+    assert!(took <= A_TIMEOUT + MARGIN, "teardown took {took:?}");
+
+    // Unfence and check the cluster is clean again.
+    b.blocklist_rm(&addr).unwrap();
+    assert!(!b.is_blocklisted(&addr).unwrap());
+    let cli = common::cli(&conf, "ceph", &["osd", "blocklist", "ls"]);
+    assert!(!cli.contains(&addr.to_legacy_string()), "{cli}");
+}
+
+#[test]
+fn blocklisting_another_address_leaves_us_alone() {
+    let Some((b, conf)) = common::connect() else {
+        return;
+    };
+    let a = Rados::connect(
+        &ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(Timeouts::uniform(A_TIMEOUT)),
+    )
+    .unwrap();
+    let mine = *a.getaddrs().unwrap().primary().unwrap();
+    // Same IP, another nonce: a different client instance.
+    let other = EntityAddr {
+        nonce: mine.nonce.wrapping_add(1).max(1),
+        ..mine
+    };
+    let oid = testkit::unique("fence-other");
+    let _cleanup = Cleanup {
+        b: b.clone(),
+        addr: other,
+        oids: vec![oid.clone()],
+    };
+    b.blocklist_add(&other, Some(Duration::from_secs(60)))
+        .unwrap();
+    let io: IoCtx = a.ioctx(common::POOL).unwrap();
+    io.write_full(&oid, b"fine").unwrap();
+    assert_eq!(io.read_full(&oid).unwrap(), b"fine");
+    assert!(!b.is_blocklisted(&mine).unwrap());
+}
