@@ -690,7 +690,8 @@ pub fn rename(io: &IoCtx, src: &str, dst: &str) -> Result<()> {
 impl Image {
     /// Copies this image's data (at its current snapshot, or the head) into a new image
     /// `dest_name` in `dest_io` (`rbd_copy3`). Snapshots are not copied. Options not set
-    /// are taken from the source (order, features, striping).
+    /// are taken from the source (order, features, striping); when only the object size
+    /// changes, default striping follows it.
     pub fn copy(&self, dest_io: &IoCtx, dest_name: &str, opts: &ImageOptions) -> Result<()> {
         self.copy_impl(dest_io, dest_name, opts, None::<fn(u64, u64)>)
     }
@@ -717,7 +718,15 @@ impl Image {
         validate_image_name("destination image name", dest_name)?;
         opts.validate()?;
         let d = cstring("destination image name", dest_name)?;
-        let raw = opts.to_raw();
+        let mut raw = opts.to_raw();
+        // librbd takes unset striping from the source, so a new object size smaller than
+        // the source's stripe unit would fail with a bare EINVAL. With the default
+        // striping (count 1, unit = object size) follow the new object size instead.
+        if let (Some(obj), None) = (raw.get_object_size(), raw.get_stripe_unit())
+            && self.stripe_count()? == 1
+        {
+            raw = raw.striping(obj, 1)?;
+        }
         let ctx = || dest_io.ctx().with_image(dest_name);
         match progress {
             None => {
