@@ -12,9 +12,6 @@ use crate::rbd::{Image, validate_image_name};
 use crate::sys;
 use crate::util::{cstring, from_buf, from_cstr, grow_buffer};
 
-/// The snapshot id librados uses for "no snapshot" (the head), `CEPH_NOSNAP`.
-pub const NO_SNAP: u64 = u64::MAX;
-
 /// Which namespace a snapshot lives in (`rbd_snap_namespace_type_t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -290,16 +287,21 @@ impl Image {
         Ok(())
     }
 
-    /// Like [`Image::snap_set`] by snapshot id, `None` for the head
-    /// (`rbd_snap_set_by_id`).
+    /// Like [`Image::snap_set`] by snapshot id (`rbd_snap_set_by_id`); `None` goes back
+    /// to the head (`rbd_snap_set` with NULL, as librbd rejects `CEPH_NOSNAP` here).
     pub fn snap_set_by_id(&mut self, id: Option<u64>) -> Result<()> {
-        let raw = id.unwrap_or(NO_SNAP);
+        let Some(raw) = id else {
+            return self.snap_set(None);
+        };
         // SAFETY: open image handle; `&mut self` ensures no concurrent I/O on it.
         let ret = unsafe { sys::rbd_snap_set_by_id(self.ptr, raw) };
         check(ret, "rbd_snap_set_by_id", || {
             self.ctx().with_snap(format!("#{raw}"))
         })?;
-        self.snapshot = id.map(|i| self.snap_get_name(i).unwrap_or_else(|_| format!("#{i}")));
+        self.snapshot = Some(
+            self.snap_get_name(raw)
+                .unwrap_or_else(|_| format!("#{raw}")),
+        );
         Ok(())
     }
 
