@@ -88,7 +88,9 @@ pub struct ParentInfo {
 ///
 /// With clone format 1 (the default unless the cluster requires Mimic+ clients, or
 /// [`ImageOptions::clone_format`] says 2) the parent snapshot must be protected first
-/// ([`Image::snap_protect`]). The parent must have the `layering` feature.
+/// ([`Image::snap_protect`]). The parent must have the `layering` feature. Options not
+/// set are inherited from the parent; an object size given without striping gets the
+/// default striping for that size.
 pub fn clone_image(
     parent_io: &IoCtx,
     parent_name: &str,
@@ -103,7 +105,12 @@ pub fn clone_image(
     let pn = cstring("parent image name", parent_name)?;
     let ps = cstring("parent snapshot name", parent_snap)?;
     let cn = cstring("clone name", child_name)?;
-    let raw = opts.to_raw();
+    let mut raw = opts.to_raw();
+    // librbd takes unset striping from the parent, so a smaller object size alone would
+    // fail with a bare EINVAL: give it the default striping for the new object size.
+    if let (Some(obj), None) = (raw.get_object_size(), raw.get_stripe_unit()) {
+        raw = raw.striping(obj, 1)?;
+    }
     // SAFETY: valid ioctxs, C strings and a private options copy, all alive for the call.
     let ret = unsafe {
         sys::rbd_clone3(
