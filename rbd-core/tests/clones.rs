@@ -30,11 +30,26 @@ fn clone_v1_parent_children_flatten() {
     let v1 = ImageOptions::new()
         .clone_format(CloneFormat::V1)
         .features(Features::LAYERING | Features::DEEP_FLATTEN);
-    let e = rbd::clone_image(&parent.io, &parent.name, "base", &child_guard.io, &child_name, &v1)
-        .unwrap_err();
+    let e = rbd::clone_image(
+        &parent.io,
+        &parent.name,
+        "base",
+        &child_guard.io,
+        &child_name,
+        &v1,
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     p.snap_protect("base").unwrap();
-    rbd::clone_image(&parent.io, &parent.name, "base", &child_guard.io, &child_name, &v1).unwrap();
+    rbd::clone_image(
+        &parent.io,
+        &parent.name,
+        "base",
+        &child_guard.io,
+        &child_name,
+        &v1,
+    )
+    .unwrap();
 
     let child = child_guard.open();
     let info = child.parent().unwrap().expect("a clone has a parent");
@@ -74,17 +89,31 @@ fn clone_v1_parent_children_flatten() {
     child.snap_protect("c").unwrap();
     let grand_name = testkit::unique("mgmt-grandchild");
     let grand_guard = TestImage::adopt(&rados, &grand_name);
-    rbd::clone_image(&child_guard.io, &child_name, "c", &grand_guard.io, &grand_name, &v1)
-        .unwrap();
+    rbd::clone_image(
+        &child_guard.io,
+        &child_name,
+        "c",
+        &grand_guard.io,
+        &grand_name,
+        &v1,
+    )
+    .unwrap();
     let desc: Vec<String> = p
         .list_descendants()
         .unwrap()
         .into_iter()
         .map(|s| s.image_name)
         .collect();
-    assert!(desc.contains(&child_name) && desc.contains(&grand_name), "{desc:?}");
+    assert!(
+        desc.contains(&child_name) && desc.contains(&grand_name),
+        "{desc:?}"
+    );
     assert_eq!(p.list_children().unwrap().len(), 1);
-    let cli = common::cli_json(&conf, "rbd", &["children", &format!("{}@base", parent.spec())]);
+    let cli = common::cli_json(
+        &conf,
+        "rbd",
+        &["children", &format!("{}@base", parent.spec())],
+    );
     assert_eq!(cli[0]["image"], child_name.as_str(), "{cli}");
 
     // Protected with children: cannot unprotect.
@@ -128,13 +157,30 @@ fn clone_v2_needs_no_protection_and_uses_the_snapshot_trash() {
         .clone_format(CloneFormat::V2)
         .order(20)
         .unwrap();
-    rbd::clone_image(&parent.io, &parent.name, "s", &child_guard.io, &child_name, &v2).unwrap();
+    rbd::clone_image(
+        &parent.io,
+        &parent.name,
+        "s",
+        &child_guard.io,
+        &child_name,
+        &v2,
+    )
+    .unwrap();
     let child = child_guard.open();
     assert_eq!(child.stat().unwrap().order, 20);
-    assert!(child.op_features().unwrap().contains(OpFeatures::CLONE_CHILD));
+    assert!(
+        child
+            .op_features()
+            .unwrap()
+            .contains(OpFeatures::CLONE_CHILD)
+    );
     assert!(p.op_features().unwrap().contains(OpFeatures::CLONE_PARENT));
     let cli = common::cli_json(&conf, "rbd", &["info", &parent.spec()]);
-    assert_eq!(cli["op_features"], serde_json::json!(["clone-parent"]), "{cli}");
+    assert_eq!(
+        cli["op_features"],
+        serde_json::json!(["clone-parent"]),
+        "{cli}"
+    );
 
     // Removing the parent snapshot moves it to the trash namespace.
     p.snap_remove("s").unwrap();

@@ -141,7 +141,11 @@ fn diff_against_nothing_and_a_snapshot() {
     );
     assert_eq!(
         merged(&whole),
-        merged(&cli_diff(&conf, &t.spec(), &["--from-snap", "s1", "--whole-object"]))
+        merged(&cli_diff(
+            &conf,
+            &t.spec(),
+            &["--from-snap", "s1", "--whole-object"]
+        ))
     );
 
     img.resize(4 * MIB, Shrink::Allow).unwrap();

@@ -69,8 +69,11 @@ fn create_stat_info_list_remove() {
     assert_eq!(info.snapshot_count, 0);
     assert_eq!(info.parent, None);
     let json = serde_json::to_value(&info).unwrap();
-    assert_eq!(json["features"], serde_json::json!(["layering", "exclusive-lock"]));
-    assert_eq!(json["format"], "V2");
+    assert_eq!(
+        json["features"],
+        serde_json::json!(["layering", "exclusive-lock"])
+    );
+    assert_eq!(json["format"], 2);
     assert_eq!(json["size"], 10 * MIB);
 
     let listed = rbd::list(&t.io).unwrap();
@@ -140,7 +143,10 @@ fn error_kinds() {
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     let e = Image::open(&t.io, &missing, &OpenOptions::new()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    assert!(e.to_string().contains(&format!("pool {}", common::POOL)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("pool {}", common::POOL)),
+        "{e}"
+    );
     assert!(e.to_string().contains(&missing), "{e}");
 }
 
@@ -204,8 +210,14 @@ fn striping_and_format_options() {
     let opts = ImageOptions::new().disable_features(Features::FAST_DIFF | Features::OBJECT_MAP);
     let t2 = TestImage::create(&rados, "mgmt-defaults", MIB, &opts);
     let f = t2.open().features().unwrap();
-    assert!(f.contains(Features::LAYERING | Features::EXCLUSIVE_LOCK), "{f}");
-    assert!(!f.intersects(Features::FAST_DIFF | Features::OBJECT_MAP), "{f}");
+    assert!(
+        f.contains(Features::LAYERING | Features::EXCLUSIVE_LOCK),
+        "{f}"
+    );
+    assert!(
+        !f.intersects(Features::FAST_DIFF | Features::OBJECT_MAP),
+        "{f}"
+    );
 }
 
 #[test]
@@ -250,7 +262,10 @@ fn update_features() {
     img.update_features(Features::FAST_DIFF | Features::OBJECT_MAP, false)
         .unwrap();
     let f = img.features().unwrap();
-    assert!(!f.intersects(Features::FAST_DIFF | Features::OBJECT_MAP), "{f}");
+    assert!(
+        !f.intersects(Features::FAST_DIFF | Features::OBJECT_MAP),
+        "{f}"
+    );
     let cli = common::cli_json(&conf, "rbd", &["info", &t.spec()]);
     let names: Vec<&str> = cli["features"]
         .as_array()
@@ -258,7 +273,10 @@ fn update_features() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert!(!names.contains(&"object-map") && names.contains(&"layering"), "{names:?}");
+    assert!(
+        !names.contains(&"object-map") && names.contains(&"layering"),
+        "{names:?}"
+    );
 
     img.update_features(Features::OBJECT_MAP, true).unwrap();
     assert!(img.features().unwrap().contains(Features::OBJECT_MAP));
@@ -327,9 +345,12 @@ fn copy_with_options_and_progress() {
 
     // Plain copy, and copying onto an existing name fails.
     let dst2 = TestImage::adopt(&rados, &testkit::unique("mgmt-cpdst2"));
-    img.copy(&dst2.io, &dst2.name, &ImageOptions::new()).unwrap();
+    img.copy(&dst2.io, &dst2.name, &ImageOptions::new())
+        .unwrap();
     assert_eq!(export(&conf, &dst2.spec()), a);
-    let e = img.copy(&dst2.io, &dst2.name, &ImageOptions::new()).unwrap_err();
+    let e = img
+        .copy(&dst2.io, &dst2.name, &ImageOptions::new())
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
 }
 

@@ -29,7 +29,10 @@ fn exclusive_lock_acquire_release_owners() {
     assert_eq!(owners.owners.len(), 1, "{owners:?}");
     let me = rados.getaddrs().unwrap();
     let me = me.primary().unwrap();
-    assert!(owners.addrs().unwrap()[0].same_instance(me), "{owners:?} vs {me}");
+    assert!(
+        owners.addrs().unwrap()[0].same_instance(me),
+        "{owners:?} vs {me}"
+    );
 
     // Another client sees the same owner and cannot take the lock while we keep it.
     let rados_b = second_client(&conf);
@@ -97,7 +100,9 @@ fn breaking_the_exclusive_lock_blocklists_the_owner() {
     let addr: EntityAddr = owner.parse().unwrap();
     assert!(addr.same_instance(rados_a.getaddrs().unwrap().primary().unwrap()));
 
-    let e = b.lock_break(LockMode::Exclusive, "127.0.0.1:0/1").unwrap_err();
+    let e = b
+        .lock_break(LockMode::Exclusive, "127.0.0.1:0/1")
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
 
     b.lock_break(LockMode::Exclusive, &owner).unwrap();
@@ -110,7 +115,11 @@ fn breaking_the_exclusive_lock_blocklists_the_owner() {
             .is_some_and(|a| a.same_instance(&addr))
     });
     // Tidy up the blocklist entry before asserting.
-    let _ = common::cli_status(&conf, "ceph", &["osd", "blocklist", "rm", &addr.to_legacy_string()]);
+    let _ = common::cli_status(
+        &conf,
+        "ceph",
+        &["osd", "blocklist", "rm", &addr.to_legacy_string()],
+    );
     assert!(listed, "{addr} not in blocklist:\n{bl}");
     drop(a);
 
@@ -135,7 +144,10 @@ fn advisory_exclusive_lock() {
     assert_eq!(l.tag, "");
     assert_eq!(l.lockers.len(), 1);
     assert_eq!(l.lockers[0].cookie, "cookie-a");
-    assert_eq!(l.lockers[0].client, format!("client.{}", rados.instance_id()));
+    assert_eq!(
+        l.lockers[0].client,
+        format!("client.{}", rados.instance_id())
+    );
     assert!(
         l.lockers[0]
             .addr

@@ -22,12 +22,21 @@ fn get_set_remove_list() {
     img.metadata_set("empty", "").unwrap();
     let long = "v".repeat(10_000);
     img.metadata_set("long", &long).unwrap();
-    assert_eq!(img.metadata_get("owner").unwrap().as_deref(), Some("docker"));
+    assert_eq!(
+        img.metadata_get("owner").unwrap().as_deref(),
+        Some("docker")
+    );
     assert_eq!(img.metadata_get("empty").unwrap().as_deref(), Some(""));
-    assert_eq!(img.metadata_get("long").unwrap().as_deref(), Some(long.as_str()));
+    assert_eq!(
+        img.metadata_get("long").unwrap().as_deref(),
+        Some(long.as_str())
+    );
 
     img.metadata_set("owner", "podman").unwrap();
-    assert_eq!(img.metadata_get("owner").unwrap().as_deref(), Some("podman"));
+    assert_eq!(
+        img.metadata_get("owner").unwrap().as_deref(),
+        Some("podman")
+    );
 
     let ours: BTreeMap<String, String> = img.metadata_list().unwrap().into_iter().collect();
     let expect: BTreeMap<String, String> = [
@@ -48,8 +57,15 @@ fn get_set_remove_list() {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(cli, expect);
-    common::cli(&conf, "rbd", &["image-meta", "set", &t.spec(), "from-cli", "yes"]);
-    assert_eq!(img.metadata_get("from-cli").unwrap().as_deref(), Some("yes"));
+    common::cli(
+        &conf,
+        "rbd",
+        &["image-meta", "set", &t.spec(), "from-cli", "yes"],
+    );
+    assert_eq!(
+        img.metadata_get("from-cli").unwrap().as_deref(),
+        Some("yes")
+    );
 
     img.metadata_remove("owner").unwrap();
     assert_eq!(img.metadata_get("owner").unwrap(), None);

@@ -79,7 +79,12 @@ fn create_list_lookup_rename_remove() {
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let e = img.snap_remove("first").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    let names: Vec<String> = img.snap_list().unwrap().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = img
+        .snap_list()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, vec!["s2"]);
 
     for bad in ["", "a@b", "a/b"] {

@@ -34,7 +34,10 @@ fn move_list_restore_remove() {
         .unwrap_or_else(|| panic!("{id} not in {entries:?}"));
     assert_eq!(e.name, t.name);
     assert_eq!(e.source, TrashSource::User);
-    let deferment = e.deferment_end_time.duration_since(e.deletion_time).unwrap();
+    let deferment = e
+        .deferment_end_time
+        .duration_since(e.deletion_time)
+        .unwrap();
     assert_eq!(deferment, Duration::from_secs(3600));
     assert_eq!(&rbd::trash_get(&t.io, &id).unwrap(), e);
 
@@ -126,7 +129,15 @@ fn an_open_image_can_be_trashed_but_not_removed() {
 /// `rbd trash ls --long`, retried: it opens every entry, so it fails when another test
 /// removes one of them meanwhile.
 fn trash_ls_long(conf: &std::path::PathBuf) -> serde_json::Value {
-    let args = ["trash", "ls", "--all", "--long", common::POOL, "--format", "json"];
+    let args = [
+        "trash",
+        "ls",
+        "--all",
+        "--long",
+        common::POOL,
+        "--format",
+        "json",
+    ];
     for _ in 0..10 {
         let (ok, out, _) = common::cli_status(conf, "rbd", &args);
         if ok {

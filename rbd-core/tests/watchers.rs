@@ -16,7 +16,10 @@ fn watchers_follow_open_handles() {
     let ws = a.watchers().unwrap();
     assert_eq!(ws.len(), 1, "{ws:?}");
     let me = rados.getaddrs().unwrap();
-    assert!(ws[0].addr.same_instance(me.primary().unwrap()), "{ws:?} vs {me}");
+    assert!(
+        ws[0].addr.same_instance(me.primary().unwrap()),
+        "{ws:?} vs {me}"
+    );
     assert_eq!(ws[0].id, rados.instance_id());
     assert_ne!(ws[0].cookie, 0);
 
@@ -34,7 +37,10 @@ fn watchers_follow_open_handles() {
         .iter()
         .find(|w| w.id == rados_b.instance_id())
         .expect("second client watches");
-    assert!(wb.addr.same_instance(rados_b.getaddrs().unwrap().primary().unwrap()));
+    assert!(
+        wb.addr
+            .same_instance(rados_b.getaddrs().unwrap().primary().unwrap())
+    );
     assert_eq!(b.watchers().unwrap().len(), 2);
 
     // Closing removes it again.

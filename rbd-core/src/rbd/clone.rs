@@ -123,9 +123,9 @@ pub fn clone_image(
         )
     };
     check(ret, "rbd_clone3", || {
-        child_io
-            .ctx()
-            .with_image(format!("{child_name} (clone of {parent_name}@{parent_snap})"))
+        child_io.ctx().with_image(format!(
+            "{child_name} (clone of {parent_name}@{parent_snap})"
+        ))
     })?;
     Ok(())
 }

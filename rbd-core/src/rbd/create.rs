@@ -159,8 +159,8 @@ impl Serialize for Features {
     }
 }
 
-/// The on-disk image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// The on-disk image format. Serializes as the number `1` or `2`, as `rbd info` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImageFormat {
     /// Format 1: deprecated, no features, no clones of its own.
     V1 = 1,
@@ -168,14 +168,26 @@ pub enum ImageFormat {
     V2 = 2,
 }
 
-/// The clone format for [`crate::rbd::clone::clone_image`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// The clone format for [`crate::rbd::clone::clone_image`]. Serializes as `1` or `2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloneFormat {
     /// Version 1: the parent snapshot must be protected first.
     V1 = 1,
     /// Version 2 (Mimic+ clients): no protection needed; the parent snapshot goes to
     /// the trash namespace if removed while it has children.
     V2 = 2,
+}
+
+impl Serialize for ImageFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+impl Serialize for CloneFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
 }
 
 /// Smallest object size librbd accepts: 4 KiB (order 12).
@@ -263,10 +275,16 @@ impl fmt::Debug for ImageOptions {
             d.field("features", &Features::from_bits_retain(x).to_string());
         }
         if let Some(x) = v.features_set {
-            d.field("enable_features", &Features::from_bits_retain(x).to_string());
+            d.field(
+                "enable_features",
+                &Features::from_bits_retain(x).to_string(),
+            );
         }
         if let Some(x) = v.features_clear {
-            d.field("disable_features", &Features::from_bits_retain(x).to_string());
+            d.field(
+                "disable_features",
+                &Features::from_bits_retain(x).to_string(),
+            );
         }
         if let Some(x) = v.order {
             d.field("order", &x);
@@ -408,6 +426,8 @@ impl ImageOptions {
     }
 
     /// Exactly these features (`RBD_IMAGE_OPTION_FEATURES`), replacing the defaults.
+    /// librbd still adds the features these imply: `fast-diff` with `object-map`,
+    /// `striping` with non-default striping, `data-pool` with a data pool.
     pub fn features(mut self, features: Features) -> Self {
         self.set_u64(OPT_FEATURES, features.bits());
         self
@@ -671,7 +691,9 @@ pub fn remove_with_progress(
     let ret =
         unsafe { sys::rbd_remove_with_progress(io.ptr(), c.as_ptr(), p.callback(), p.data()) };
     p.finish();
-    check(ret, "rbd_remove_with_progress", || io.ctx().with_image(name))?;
+    check(ret, "rbd_remove_with_progress", || {
+        io.ctx().with_image(name)
+    })?;
     Ok(())
 }
 
@@ -888,7 +910,12 @@ mod tests {
                 .to_string()
                 .contains("negative")
         );
-        assert!(parse_size("16E").unwrap_err().to_string().contains("64 bits"));
+        assert!(
+            parse_size("16E")
+                .unwrap_err()
+                .to_string()
+                .contains("64 bits")
+        );
     }
 
     proptest! {
@@ -940,7 +967,10 @@ mod tests {
         );
         let e = "layering,bogus".parse::<Features>().unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
-        assert_eq!(Features::from_bits_retain(1 << 40).to_string(), "0x10000000000");
+        assert_eq!(
+            Features::from_bits_retain(1 << 40).to_string(),
+            "0x10000000000"
+        );
         assert_eq!(
             serde_json::to_string(&(Features::LAYERING | Features::STRIPING)).unwrap(),
             r#"["layering","striping"]"#
@@ -956,9 +986,8 @@ mod tests {
             let mut buf = vec![0u8; 256];
             let mut len = buf.len();
             // SAFETY: `buf` is writable for `len` bytes.
-            let ret = unsafe {
-                sys::rbd_features_to_string(f.bits(), buf.as_mut_ptr().cast(), &mut len)
-            };
+            let ret =
+                unsafe { sys::rbd_features_to_string(f.bits(), buf.as_mut_ptr().cast(), &mut len) };
             assert_eq!(ret, 0);
             assert_eq!(from_buf(&buf), name);
         }
@@ -1012,10 +1041,7 @@ mod tests {
         assert!(ImageOptions::new().object_size(3 << 20).is_err());
         assert!(ImageOptions::new().object_size(64 << 20).is_err());
         assert_eq!(
-            ImageOptions::new()
-                .object_size(4096)
-                .unwrap()
-                .get_order(),
+            ImageOptions::new().object_size(4096).unwrap().get_order(),
             Some(12)
         );
         assert!(ImageOptions::new().striping(3000, 2).is_err());

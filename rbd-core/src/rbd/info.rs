@@ -162,9 +162,7 @@ pub struct ImageDetails {
 /// Converts a C `timespec` to a `SystemTime` (times before 1970 are clamped to it).
 pub(crate) fn timespec_to_system(ts: &sys::timespec) -> SystemTime {
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u32::try_from(ts.tv_nsec)
-        .unwrap_or(0)
-        .min(999_999_999);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0).min(999_999_999);
     SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
 }
 
@@ -306,11 +304,7 @@ impl Image {
         let ret = unsafe { sys::rbd_get_data_pool_id(self.ptr) };
         if ret < 0 {
             let errno = i32::try_from(-ret).unwrap_or(libc::EIO);
-            return Err(Error::from_errno(
-                "rbd_get_data_pool_id",
-                errno,
-                self.ctx(),
-            ));
+            return Err(Error::from_errno("rbd_get_data_pool_id", errno, self.ctx()));
         }
         Ok(ret)
     }

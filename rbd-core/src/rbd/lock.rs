@@ -133,8 +133,9 @@ impl Image {
             let mut n = cap;
             // SAFETY: open image handle; `owners` has room for `n` pointers, librbd fills
             // at most that many with strdup'd strings or returns -ERANGE with the count.
-            let ret =
-                unsafe { sys::rbd_lock_get_owners(self.ptr, &mut mode, owners.as_mut_ptr(), &mut n) };
+            let ret = unsafe {
+                sys::rbd_lock_get_owners(self.ptr, &mut mode, owners.as_mut_ptr(), &mut n)
+            };
             if ret == -libc::ERANGE {
                 cap = n.max(cap * 2);
                 continue;

@@ -256,7 +256,9 @@ impl Image {
             sys::rbd_snap_rollback_with_progress(self.ptr, c.as_ptr(), p.callback(), p.data())
         };
         p.finish();
-        check(ret, "rbd_snap_rollback_with_progress", || self.snap_ctx(name))?;
+        check(ret, "rbd_snap_rollback_with_progress", || {
+            self.snap_ctx(name)
+        })?;
         Ok(())
     }
 

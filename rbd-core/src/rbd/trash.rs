@@ -113,7 +113,9 @@ pub fn trash_get(io: &IoCtx, id: &str) -> Result<TrashEntry> {
     let mut e = empty_entry();
     // SAFETY: valid ioctx, C string and out-struct.
     let ret = unsafe { sys::rbd_trash_get(io.ptr(), c.as_ptr(), &mut e) };
-    check(ret, "rbd_trash_get", || io.ctx().with_image(format!("id {id}")))?;
+    check(ret, "rbd_trash_get", || {
+        io.ctx().with_image(format!("id {id}"))
+    })?;
     // SAFETY: on success librbd filled `e` with strdup'd strings.
     let out = unsafe { TrashEntry::from_raw(&e) };
     // SAFETY: `e` was filled by rbd_trash_get and is freed once here.
