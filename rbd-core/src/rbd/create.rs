@@ -781,7 +781,7 @@ impl Image {
 
 /// Parses a human size: `4096`, `512K`, `512M`, `2G`, `1T`, `1.5G`, also with `B`/`iB`
 /// suffixes (`2GiB`, `512MB`, `4096B`). Units are binary (K = 1024), as for `rbd create
-/// --size`. Case-insensitive units; no sign, no spaces inside.
+/// --size`. Case-insensitive units; an optional leading `+`; no spaces inside.
 ///
 /// Rejects negative numbers, fractions that are not a whole number of bytes, values that
 /// do not fit in 64 bits (`16E`, `99999999999999999999`), and anything else (`1e99`,
