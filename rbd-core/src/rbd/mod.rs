@@ -48,3 +48,20 @@ pub fn validate_image_name(what: &'static str, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+pub use clone::{LinkedImageSpec, ParentInfo, SnapSpec, clone_image};
+pub use create::{
+    CloneFormat, Features, ImageFormat, ImageOptions, ImageSpec, create, list, order_of,
+    parse_size, remove, remove_with_progress, rename,
+};
+pub use diff::{DiffExtent, DiffOptions};
+pub use info::{
+    ImageDetails, ImageFlags, ImageInfo, OpFeatures, Shrink, image_id_by_name, image_name_by_id,
+};
+pub use lock::{LockMode, LockOwners, Locker, Lockers};
+pub use snap::{SnapCreateFlags, SnapInfo, SnapNamespace, SnapRemoveFlags};
+pub use trash::{
+    TrashEntry, TrashSource, trash_get, trash_list, trash_move, trash_remove,
+    trash_remove_with_progress, trash_restore,
+};
+pub use watchers::Watcher;
