@@ -37,22 +37,31 @@ eval "$("$here/dev-docker.sh" up)"
 export CEPH_CONF DOCKER_HOST
 export RUST_BACKTRACE=1
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
+failed=()
+check() {
+  local name=$1; shift
+  step "$name"
+  if "$@"; then echo "--> $name: ok"; else echo "--> $name: FAILED"; failed+=("$name"); fi
+}
 
-step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+run_tests() {
+  if command -v cargo-nextest >/dev/null 2>&1; then
+    # nextest runs each test in its own process; doctests need cargo test.
+    cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" &&
+      cargo test --workspace --locked --doc
+  else
+    cargo test --workspace --locked --no-fail-fast
+  fi
+}
 
-step "cargo test (workspace)"
-if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}"
-  # nextest does not run doctests.
-  cargo test --workspace --locked --doc
-else
-  cargo test --workspace --locked --no-fail-fast
+# Every check runs even when an earlier one fails, so one run shows every problem.
+check "cargo fmt --check" cargo fmt --all -- --check
+check "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+check "cargo test (workspace)" run_tests
+check "cargo doc -D warnings" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  step "FAILED: ${failed[*]}"
+  exit 1
 fi
-
-step "cargo doc -D warnings"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
-
 step "all checks passed"

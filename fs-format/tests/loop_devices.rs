@@ -469,7 +469,10 @@ fn probe_partition_tables() {
 
     // A GPT written by sgdisk (gdisk is installed by scripts/install-deps.sh).
     if !have("sgdisk") {
-        assert!(!testkit::in_ci(), "sgdisk is required under CI (package gdisk)");
+        assert!(
+            !testkit::in_ci(),
+            "sgdisk is required under CI (package gdisk)"
+        );
         eprintln!("SKIPPED part: sgdisk not installed: GPT checked by unit tests only");
         return;
     }

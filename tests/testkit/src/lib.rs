@@ -76,8 +76,11 @@ pub fn require_root() -> bool {
     if root {
         true
     } else {
-        missing::<()>("root privileges", "tests need root for loop devices and mounts")
-            .is_some()
+        missing::<()>(
+            "root privileges",
+            "tests need root for loop devices and mounts",
+        )
+        .is_some()
     }
 }
 
