@@ -41,6 +41,9 @@ pub enum CliError {
     /// Bad input.
     #[error("{0}")]
     Usage(String),
+    /// In use, or has snapshots.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl CliError {
@@ -59,6 +62,7 @@ impl CliError {
             },
             CliError::Io { .. } => None,
             CliError::Usage(_) => return exit::USAGE,
+            CliError::Busy(_) => return exit::BUSY,
         };
         match kind {
             Some(K::NotFound) => exit::NOT_FOUND,

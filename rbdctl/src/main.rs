@@ -64,6 +64,31 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create an image.
+    Create(cmd::image::CreateArgs),
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Long listing: size, parent, format, watchers, id.
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Show an image's details.
+    Info {
+        /// Image name.
+        image: String,
+    },
+    /// Remove an image (refused while in use or with snapshots).
+    #[command(alias = "remove")]
+    Rm {
+        /// Image name.
+        image: String,
+    },
+    /// Show an image's watchers (exact client addresses) and lock owners.
+    Status {
+        /// Image name.
+        image: String,
+    },
     /// Blocklist (fence) client addresses: ls, add, rm.
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
@@ -109,6 +134,11 @@ impl Cli {
 
 fn run(cli: &Cli) -> CliResult {
     match &cli.command {
+        Command::Create(a) => cmd::image::create(cli, a),
+        Command::Ls { long } => cmd::image::ls(cli, *long),
+        Command::Info { image } => cmd::image::info(cli, image),
+        Command::Rm { image } => cmd::image::rm(cli, image),
+        Command::Status { image } => cmd::image::status(cli, image),
         Command::Fence(c) => cmd::fence::run(cli, c),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {

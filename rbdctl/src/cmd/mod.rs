@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod fence;
+pub mod image;
 
 use crate::Cli;
 use crate::error::CliResult;
