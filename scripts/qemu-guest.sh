@@ -50,6 +50,17 @@ QD=${QEMU_GUEST_DIR:-$repo/.qemu}
 MULTI=x86_64-linux-gnu
 
 log() { echo "qemu-guest: $*" >&2; }
+
+# Serialises fetches: tests may call `fetch` (or `run`, which fetches) concurrently, and two
+# extractions into one cache directory would delete each other's files.
+with_fetch_lock() {
+  mkdir -p "$(dirname "$QD")"
+  exec 8>"$QD.fetch.lock"
+  flock 8
+  "$@"
+  flock -u 8
+  exec 8>&-
+}
 die() { log "error: $*"; exit 1; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
@@ -389,7 +400,7 @@ do_run() {
   local mem=${QEMU_GUEST_MEM:-1024}
   local append_extra=${QEMU_GUEST_APPEND-quiet}
 
-  [ -f "$QD/.ready" ] || do_fetch
+  [ -f "$QD/.ready" ] || with_fetch_lock do_fetch
   qemu_env
   local kver
   kver=$(cat "$QD/kernel.version")
@@ -625,7 +636,7 @@ cleanup() {
 }
 
 case ${1:-} in
-  fetch) shift; do_fetch "$@" ;;
+  fetch) shift; with_fetch_lock do_fetch "$@" ;;
   run) shift; do_run "$@" ;;
   clean) rm -rf "$QD"; log "removed $QD" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
