@@ -113,14 +113,13 @@ pub fn fence_image(
     let mut protect = own.clone();
     protect.extend(opts.protect.iter().copied());
 
-    // Lock breaks blocklist the old owner too (rbd_blocklist_on_break_lock); make them use
-    // our expiry rather than shortening it to librbd's default.
+    // We blocklist every lock owner ourselves (with our expiry) before breaking locks, so
+    // librbd's own blocklisting on break (rbd_blocklist_on_break_lock, with librbd's
+    // default expiry) is turned off for this connection. (Setting
+    // rbd_blocklist_expire_seconds instead makes Pacific's lock break fail with EINVAL.)
     rados
-        .conf_set(
-            "rbd_blocklist_expire_seconds",
-            &opts.expiry.as_secs().max(1).to_string(),
-        )
-        .map_err(|e| ceph("setting rbd_blocklist_expire_seconds", e))?;
+        .conf_set("rbd_blocklist_on_break_lock", "false")
+        .map_err(|e| ceph("setting rbd_blocklist_on_break_lock", e))?;
 
     let io = rados
         .ioctx(&image.pool)

@@ -326,6 +326,12 @@ impl Conflict {
     }
 }
 
+/// Marks an entry as written now, in the current format.
+fn stamp(e: &mut RegistryEntry) {
+    e.version = ENTRY_VERSION;
+    e.updated_ms = now_ms();
+}
+
 /// What one compare-and-swap round decided.
 enum Change {
     Keep,
@@ -481,9 +487,7 @@ impl Registry {
             let guard = raw.as_deref().unwrap_or(b"");
             let op = match change {
                 Change::Keep => return Ok(out),
-                Change::Put(mut e) => {
-                    e.version = ENTRY_VERSION;
-                    e.updated_ms = now_ms();
+                Change::Put(e) => {
                     let v =
                         serde_json::to_vec(&e).map_err(|source| DriverError::CorruptRecord {
                             what: format!("registry entry {key} (encoding)"),
@@ -577,6 +581,7 @@ impl Registry {
             }
             e.epoch += 1;
             e.recompute_mode();
+            stamp(&mut e);
             Ok((Change::Put(Box::new(e.clone())), Ok(e)))
         })
     }
@@ -617,6 +622,7 @@ impl Registry {
             h.since_ms = keep_since;
             h.updated_ms = now_ms();
             e.epoch += 1;
+            stamp(&mut e);
             Ok((Change::Put(Box::new(e.clone())), e))
         })
     }
@@ -671,6 +677,7 @@ impl Registry {
             }
             e.epoch += 1;
             e.recompute_mode();
+            stamp(&mut e);
             Ok((Change::Put(Box::new(e)), true))
         })
     }
