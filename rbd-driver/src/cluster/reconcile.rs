@@ -467,7 +467,7 @@ fn lazy_unmount(path: &std::path::Path, timeout: Duration) -> std::result::Resul
 }
 
 /// Cleans one stale mapping: lazily unmounts each of `mounts` (the mountpoints of its
-/// device, e.g. from `fs_format::mountinfo::mounts_of_device`), force-unmaps it, removes
+/// device, e.g. from `fs_format::mounts_of_device`), force-unmaps it, removes
 /// `node`'s registry record for its image (if the registry still names us), and logs a
 /// line saying what was cleaned and why. Every step is attempted even when an earlier one
 /// failed; failures are in [`CleanupReport::errors`].
