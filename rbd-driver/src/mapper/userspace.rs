@@ -1,5 +1,7 @@
 //! (in progress) The Userspace backend.
 
+mod fusefs;
+
 use super::{Backend, MapRequest, Mapper, MapperConfig, Mapping};
 use crate::error::{DriverError, Result};
 
