@@ -21,7 +21,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rbd_driver::mapper::userspace::daemon::{self, ServeRequest, exit};
 
 fn usage() -> ! {
-    eprintln!("usage: rbd-umap serve   (a ServeRequest as JSON on stdin)\n       rbd-umap --version");
+    eprintln!(
+        "usage: rbd-umap serve   (a ServeRequest as JSON on stdin)\n       rbd-umap --version"
+    );
     std::process::exit(exit::USAGE)
 }
 

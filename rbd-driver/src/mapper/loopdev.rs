@@ -549,7 +549,7 @@ fn open_device(number: u32, read_only: bool) -> Result<File> {
 
 /// Why `/dev/loopN` is in use by someone other than the processes in `ignore`: mounted
 /// (from `/proc/self/mountinfo`), held by another block device (`holders/`), or open by a
-/// process (`/proc/*/fd`). `None` when it is not.
+/// process (`/proc/*/fd`, the calling process included). `None` when it is not.
 pub fn in_use(number: u32, ignore: &[u32]) -> Option<String> {
     let dir = sys_dir(number);
     let dev = read_sys(&dir.join("dev"))?;
@@ -573,12 +573,11 @@ pub fn in_use(number: u32, ignore: &[u32]) -> Option<String> {
             h.file_name().to_string_lossy()
         ));
     }
-    let me = std::process::id();
     for p in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == me || ignore.contains(&pid) {
+        if ignore.contains(&pid) {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
@@ -667,8 +666,11 @@ mod tests {
         raw.seek(SeekFrom::Start(1 << 20)).unwrap();
         raw.read_exact(&mut back).unwrap();
         assert!(back.iter().all(|&b| b == 0xab));
-        // Not in use except by us.
-        assert_eq!(in_use(dev.number(), &[]), None);
+        // Our own handle counts, unless ignored.
+        let me = std::process::id();
+        let why = in_use(dev.number(), &[]).expect("open by us");
+        assert!(why.contains(&format!("open by pid {me}")), "{why}");
+        assert_eq!(in_use(dev.number(), &[me]), None);
         dev.detach().unwrap();
         let n = dev.number();
         drop(dev);
@@ -708,8 +710,7 @@ mod tests {
         drop(dev);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(backing_file(n).as_deref(), Some(file.as_path()));
-        let why = in_use(n, &[]);
-        assert_eq!(why, None, "our own process is ignored");
+        assert_eq!(in_use(n, &[std::process::id()]), None);
         drop(other);
         // The last close detaches it.
         assert!(wait_detached(n, &file, Duration::from_secs(5)));
@@ -759,7 +760,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut why = None;
         while why.is_none() && Instant::now() < deadline {
-            why = in_use(dev.number(), &[]);
+            why = in_use(dev.number(), &[std::process::id()]);
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();

@@ -28,7 +28,7 @@ mod procinfo;
 mod rbd_backend;
 pub mod record;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,7 +114,11 @@ fn new_token() -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("u{:x}-{:x}{n:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+    format!(
+        "u{:x}-{:x}{n:x}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    )
 }
 
 /// True when a FUSE filesystem is mounted at `mnt` (from `/proc/self/mountinfo`).
@@ -232,7 +236,8 @@ impl UserspaceMapper {
         let ok_id = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
         };
         if !ok_id(&req.image_id) {
             return Err(DriverError::invalid(
@@ -379,7 +384,7 @@ fn read_line_with_timeout(
         .name("rbd-umap:ready".into())
         .spawn(move || {
             let mut line = String::new();
-            let _ = BufReader::new(out).take(1 << 20).read_line(&mut line);
+            let _ = BufReader::new(out.take(1 << 20)).read_line(&mut line);
             let _ = tx.send(line);
         });
     rx.recv_timeout(timeout)
@@ -397,7 +402,11 @@ impl Mapper for UserspaceMapper {
         };
         match std::fs::metadata("/dev/fuse") {
             Ok(m) if m.file_type().is_char_device() => {}
-            _ => return Err(unavailable("/dev/fuse is missing (no FUSE in this kernel?)".into())),
+            _ => {
+                return Err(unavailable(
+                    "/dev/fuse is missing (no FUSE in this kernel?)".into(),
+                ));
+            }
         }
         match std::fs::metadata("/dev/loop-control") {
             Ok(m) if m.file_type().is_char_device() => {}
@@ -561,6 +570,20 @@ impl Mapper for UserspaceMapper {
                     }
                 }
             }
+        } else if !force
+            && matches!(
+                entry.state,
+                EntryState::Dead {
+                    loop_bound: true,
+                    ..
+                }
+            )
+            && let Some(why) = n.and_then(|n| loopdev::in_use(n, &[]))
+        {
+            return Err(DriverError::InUse {
+                volume: spec,
+                detail: format!("{why} (its mapper pid {} is dead)", r.pid),
+            });
         }
         let report = record::take_exit(&paths);
         let leftovers = self.clean_leftovers(&paths, true);

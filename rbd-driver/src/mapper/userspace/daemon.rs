@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rbd_core::{ConnectOptions, EntityAddr, Image, OpenOptions, Rados, Timeouts};
 use serde::{Deserialize, Serialize};
 
-use super::fusefs::{self, ImageFs, Shared};
+use super::fusefs::{ImageFs, Shared};
 use super::procinfo;
 use super::rbd_backend::RbdBackend;
 use super::record::{self, ExitReport, Paths, RECORD_VERSION, Record};
@@ -725,7 +725,11 @@ impl Mapper {
         }
         // 4. The connection: shut down with a deadline, or leave it to the exit.
         if let Some(rados) = self.rados.take() {
-            if let Err(e) = bounded("shutting down the cluster connection", Duration::from_secs(5), move || drop(rados)) {
+            if let Err(e) = bounded(
+                "shutting down the cluster connection",
+                Duration::from_secs(5),
+                move || drop(rados),
+            ) {
                 log!("{e}");
             }
         }

@@ -26,10 +26,7 @@ impl RbdBackend {
 
     /// Takes the image out; later I/O fails with `EIO`.
     pub(crate) fn take(&self) -> Option<Arc<Image>> {
-        self.image
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.image.write().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn with<T: Send + 'static>(

@@ -195,8 +195,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Reads a record.
 pub fn read(path: &Path) -> Result<Record> {
-    let text =
-        std::fs::read(path).map_err(|e| DriverError::io(format!("reading {}", path.display()), e))?;
+    let text = std::fs::read(path)
+        .map_err(|e| DriverError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&text).map_err(|e| DriverError::CorruptState {
         path: path.to_path_buf(),
         source: e,
@@ -295,7 +295,10 @@ mod tests {
         assert_eq!(all.len(), 2, "{all:?}");
         let ok: Vec<&Record> = all.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         assert_eq!(ok, vec![&r]);
-        assert!(all.iter().any(|(p, r)| p.ends_with("junk.json") && r.is_err()));
+        assert!(
+            all.iter()
+                .any(|(p, r)| p.ends_with("junk.json") && r.is_err())
+        );
         let m = r.mapping(Some(4242));
         assert_eq!(m.backend, Backend::Userspace);
         assert_eq!(m.image_id, "10ab34cd");
