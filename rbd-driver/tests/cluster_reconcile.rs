@@ -79,14 +79,14 @@ fn classifies_local_mappings_against_the_cluster() {
     let v: Vec<&Verdict> = report.checks.iter().map(|c| &c.verdict).collect();
     assert_eq!(v[0], &Verdict::Current);
     assert_eq!(report.checks[1].reasons(), &[StaleReason::ImageGone]);
-    match &report.checks[2].reasons()[..] {
+    match report.checks[2].reasons() {
         [StaleReason::HeldByOther { nodes, mode }] => {
             assert_eq!(nodes, &vec![them.node().clone()]);
             assert_eq!(*mode, Mode::Rw);
         }
         r => panic!("expected held-by-other, got {r:?}"),
     }
-    match &report.checks[3].reasons()[..] {
+    match report.checks[3].reasons() {
         [StaleReason::Blocklisted { addr, .. }] => assert!(addr.same_instance(&vaddr)),
         r => panic!("expected blocklisted, got {r:?}"),
     }

@@ -15,19 +15,27 @@ const AGENT: &str = env!("CARGO_BIN_EXE_rbd-cluster-agent");
 fn agent_claim(node: &Node<'_>, name: &str, image: &str) -> (bool, Value, Duration) {
     let t = Instant::now();
     let out = node.exec(
-        &[AGENT, "claim", "--node", name, "--image", image, "--ping-timeout", "2"],
+        &[
+            AGENT,
+            "claim",
+            "--node",
+            name,
+            "--image",
+            image,
+            "--ping-timeout",
+            "2",
+        ],
         Duration::from_secs(60),
     );
     let took = t.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(
-        |e| {
+    let v: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|e| {
             panic!(
                 "claim printed no JSON ({e}): {stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             )
-        },
-    );
+        });
     (out.status.success(), v, took)
 }
 
@@ -84,14 +92,26 @@ fn release_and_fencing_across_nodes() {
     let mut agent_a = a.spawn(
         "agent",
         &[
-            AGENT, "serve", "--node", "node-a", "--hold", "moved", "--hold", "cutimg",
-            "--in-use-file", &in_use_s,
+            AGENT,
+            "serve",
+            "--node",
+            "node-a",
+            "--hold",
+            "moved",
+            "--hold",
+            "cutimg",
+            "--in-use-file",
+            &in_use_s,
         ],
     );
     let ready = ready_line(&mut agent_a);
     let moved_addr = hold_addr(&ready, "moved");
     let cut_addr = hold_addr(&ready, "cutimg");
-    assert_eq!(moved_addr.ip.to_string(), a.addr(), "A's mapping has A's address");
+    assert_eq!(
+        moved_addr.ip.to_string(),
+        a.addr(),
+        "A's mapping has A's address"
+    );
     let daemon_addr: EntityAddr = ready["daemon_addr"]
         .as_str()
         .unwrap()
@@ -124,7 +144,10 @@ fn release_and_fencing_across_nodes() {
     assert!(!admin.is_blocklisted(&moved_addr).unwrap());
     let img = Image::open(&io, "moved", &OpenOptions::new()).unwrap();
     assert!(
-        !img.watchers().unwrap().iter().any(|w| w.addr.same_instance(&moved_addr)),
+        !img.watchers()
+            .unwrap()
+            .iter()
+            .any(|w| w.addr.same_instance(&moved_addr)),
         "A still watches the image it released"
     );
     drop(img);
@@ -164,7 +187,10 @@ fn release_and_fencing_across_nodes() {
     let img = Image::open(&io, "cutimg", &OpenOptions::new()).unwrap();
     assert!(img.lock_get_owners().unwrap().owners.is_empty());
     assert!(
-        !img.watchers().unwrap().iter().any(|w| w.addr.same_instance(&cut_addr)),
+        !img.watchers()
+            .unwrap()
+            .iter()
+            .any(|w| w.addr.same_instance(&cut_addr)),
         "the fenced client still watches"
     );
     drop(img);

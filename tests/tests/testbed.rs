@@ -10,7 +10,10 @@ use rbd_core::{ConnectOptions, Rados, Timeouts};
 use testkit::testbed::{Testbed, namespaces_with_prefix};
 
 fn host_links() -> Vec<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
@@ -20,7 +23,7 @@ fn host_links() -> Vec<String> {
 fn pid_alive(pid: &str) -> bool {
     // A zombie is not alive; only our own children could be zombies here.
     std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
         .unwrap_or(false)
 }
 
@@ -40,7 +43,11 @@ fn bed_up_cut_heal_down() {
         ]
     );
     // Nothing was added to the host's network.
-    assert_eq!(host_links(), links_before, "the bed changed the host's links");
+    assert_eq!(
+        host_links(),
+        links_before,
+        "the bed changed the host's links"
+    );
     eprintln!("{}", bed.status());
 
     // Both nodes reach the cluster, with the CLI and in-process.
@@ -52,10 +59,15 @@ fn bed_up_cut_heal_down() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = bed
-        .node(1)
-        .exec(&["rbd", "create", "--size", "16M", "bedimg"], Duration::from_secs(30));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bed.node(1).exec(
+        &["rbd", "create", "--size", "16M", "bedimg"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = bed.node(2).exec(&["rbd", "ls"], Duration::from_secs(30));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bedimg");
 
@@ -70,7 +82,11 @@ fn bed_up_cut_heal_down() {
     let n1 = bed.node(1);
     let client = n1.enter(|| connect(5)).expect("connect from n1");
     let addr = *client.getaddrs().unwrap().primary().unwrap();
-    assert_eq!(addr.ip.to_string(), n1.addr(), "the client has n1's address");
+    assert_eq!(
+        addr.ip.to_string(),
+        n1.addr(),
+        "the client has n1's address"
+    );
     let io = client.ioctx("rbd").unwrap();
     io.write_full("bed-probe", b"before").unwrap();
 
@@ -110,12 +126,18 @@ fn bed_up_cut_heal_down() {
         if out.status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "n1 did not reach the cluster after heal");
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not reach the cluster after heal"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while io.read_full("bed-probe").is_err() {
-        assert!(Instant::now() < deadline, "n1's client did not recover after heal");
+        assert!(
+            Instant::now() < deadline,
+            "n1's client did not recover after heal"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(io.read_full("bed-probe").unwrap(), b"before");
@@ -127,7 +149,10 @@ fn bed_up_cut_heal_down() {
     let osd_pid = std::fs::read_to_string(dir.join("ceph/run/osd.0.pid")).unwrap();
     assert!(pid_alive(&mon_pid) && pid_alive(&osd_pid));
     bed.down().expect("down");
-    assert!(namespaces_with_prefix(&prefix).is_empty(), "namespaces left");
+    assert!(
+        namespaces_with_prefix(&prefix).is_empty(),
+        "namespaces left"
+    );
     assert!(!pid_alive(&mon_pid), "ceph-mon left running");
     assert!(!pid_alive(&osd_pid), "ceph-osd left running");
     assert!(!daemon.is_running(), "a node daemon was left running");
@@ -138,7 +163,11 @@ fn bed_up_cut_heal_down() {
         .env("TESTBED_DIR", &dir)
         .output()
         .unwrap();
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -163,6 +192,9 @@ fn bed_is_torn_down_on_panic() {
         return;
     };
     assert!(r.is_err());
-    assert!(namespaces_with_prefix(&prefix).is_empty(), "namespaces left after a panic");
+    assert!(
+        namespaces_with_prefix(&prefix).is_empty(),
+        "namespaces left after a panic"
+    );
     assert!(!dir.exists());
 }

@@ -124,7 +124,16 @@ fn main() {
             pid: None,
         })
         .collect();
-    assert_eq!(cluster.registry(POOL).unwrap().list().unwrap().entries.len(), VOLUMES);
+    assert_eq!(
+        cluster
+            .registry(POOL)
+            .unwrap()
+            .list()
+            .unwrap()
+            .entries
+            .len(),
+        VOLUMES
+    );
 
     // Warm up.
     for img in images.iter().take(5) {
@@ -157,9 +166,17 @@ fn main() {
     let a = stats(anchor);
     let rows = [
         ("anchor: rbd_list2 + osd blocklist ls", a, ITERS),
-        ("check_for (attach-path reconcile check)", stats(check_for), ITERS),
+        (
+            "check_for (attach-path reconcile check)",
+            stats(check_for),
+            ITERS,
+        ),
         ("claim + unregister (uncontended)", stats(claim), ITERS),
-        ("check of 100 mappings + dangling scan", stats(full), ITERS / 4),
+        (
+            "check of 100 mappings + dangling scan",
+            stats(full),
+            ITERS / 4,
+        ),
     ];
     println!(
         "| operation ({VOLUMES} registered volumes) | n | median ms | p90 ms | max ms | median / anchor |"

@@ -30,8 +30,8 @@ use std::time::Duration;
 use rbd_core::rbd::LockMode;
 use rbd_core::{ConnectOptions, Image, OpenOptions, Rados, Timeouts};
 use rbd_driver::cluster::{
-    ClaimOptions, Cluster, ClusterConfig, HolderRecord, ImageRef, Mode, NodeId,
-    ReleaseOutcome, ReleaseRequest,
+    ClaimOptions, Cluster, ClusterConfig, HolderRecord, ImageRef, Mode, NodeId, ReleaseOutcome,
+    ReleaseRequest,
 };
 use serde_json::json;
 
@@ -80,7 +80,9 @@ const SWITCHES: [&str; 2] = ["--force", "--no-fence"];
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut a = Args {
-        op: it.next().ok_or("missing operation (serve, claim, registry)")?,
+        op: it
+            .next()
+            .ok_or("missing operation (serve, claim, registry)")?,
         ..Args::default()
     };
     while let Some(x) = it.next() {
@@ -98,7 +100,10 @@ fn parse() -> Result<Args, String> {
 
 impl Args {
     fn get(&self, k: &str) -> Option<&str> {
-        self.values.get(k).and_then(|v| v.last()).map(String::as_str)
+        self.values
+            .get(k)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
     fn all(&self, k: &str) -> Vec<String> {
         self.values.get(k).cloned().unwrap_or_default()
@@ -214,7 +219,9 @@ fn serve(a: &Args) -> Result<(), String> {
                 .filter(|l| !l.is_empty())
                 .map(str::to_owned)
                 .collect();
-            say(json!({"event": "release", "image_id": req.image.image_id, "outcome": "refused", "from": req.from.as_str()}));
+            say(
+                json!({"event": "release", "image_id": req.image.image_id, "outcome": "refused", "from": req.from.as_str()}),
+            );
             return ReleaseOutcome::InUse {
                 reason: format!("in use on {node} by {} mounts", ids.len()),
                 mount_ids: ids,
@@ -227,7 +234,9 @@ fn serve(a: &Args) -> Result<(), String> {
                 return ReleaseOutcome::Failed(format!("closing the image: {e}"));
             }
         }
-        say(json!({"event": "release", "image_id": req.image.image_id, "outcome": "released", "from": req.from.as_str(), "force": req.force}));
+        say(
+            json!({"event": "release", "image_id": req.image.image_id, "outcome": "released", "from": req.from.as_str(), "force": req.force}),
+        );
         ReleaseOutcome::Released
     };
     let server = c

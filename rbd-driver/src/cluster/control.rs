@@ -150,6 +150,11 @@ pub enum ReleaseOutcome {
 ///
 /// Called on a worker thread, one release at a time per server; it should finish well
 /// within the requester's release timeout.
+///
+/// An image this node is still *attaching* (claimed, not yet mounted) must count as in
+/// use: otherwise the loser of a registration race would ask the winner to release and
+/// take the image away from it. Answer [`ReleaseOutcome::NotHeld`] only when nothing of
+/// the image is mapped here (the server then removes any registration of ours).
 pub trait ReleaseHandler: Send + Sync + 'static {
     /// Releases `req.image` if it is not in use (or `req.force`).
     fn release(&self, req: &ReleaseRequest) -> ReleaseOutcome;

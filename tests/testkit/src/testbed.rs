@@ -91,8 +91,7 @@ impl Testbed {
             panic!("testbed up {n} failed ({}):\n{err}\n{stdout}", out.status);
         }
         let get = |k: &str| {
-            env_value(&stdout, k)
-                .unwrap_or_else(|| panic!("testbed up printed no {k}:\n{stdout}"))
+            env_value(&stdout, k).unwrap_or_else(|| panic!("testbed up printed no {k}:\n{stdout}"))
         };
         bed.prefix = get("TESTBED_PREFIX");
         bed.ceph_ip = get("TESTBED_CEPH_IP");
@@ -170,14 +169,22 @@ impl Testbed {
     pub fn cut(&self, i: usize) {
         let n = self.node(i).name;
         let out = self.run_script(&["cut", &n], 30);
-        assert!(out.status.success(), "cut {n}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cut {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Restores node `i`'s link.
     pub fn heal(&self, i: usize) {
         let n = self.node(i).name;
         let out = self.run_script(&["heal", &n], 30);
-        assert!(out.status.success(), "heal {n}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "heal {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `testbed.sh status` output.
@@ -347,8 +354,8 @@ impl Node<'_> {
         let path = self.netns();
         std::thread::scope(|s| {
             s.spawn(|| {
-                let ns = File::open(&path)
-                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                let ns =
+                    File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
                 f()
