@@ -30,6 +30,33 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! # Wiring into the node daemon and the volume driver
+//!
+//! * **Daemon start**: `Cluster::new(daemon_connection, ClusterConfig::new(node_id))`
+//!   (the daemon's own connection, never a mapping's: mappings are the ones fenced). For
+//!   every pool with volumes: [`Cluster::serve`] with a [`ReleaseHandler`] that asks the
+//!   volume layer "in use?" (mount IDs in its state file, an attach in progress) and else
+//!   unmounts and unmaps. Then [`Cluster::check`] over `mapper::list_all()` with those
+//!   pools: clean every stale mapping ([`Cluster::cleanup`]), and drop or re-register
+//!   dangling entries.
+//! * **Periodically** (and when the control watch comes back after a partition): the
+//!   same check, plus [`Registry::prune_fences`].
+//! * **Attach** (volume `attach`): [`Cluster::check_for`] and clean the stale mappings of
+//!   the image (by id, or an old id under its name); [`Cluster::claim`] with
+//!   [`ClaimOptions::protect`] = this node's own mappings of the image; map; record the
+//!   device, backend and client address ([`Registry::update_holder`]); mount; record the
+//!   mount IDs ([`Registry::set_mount_ids`]). If a step fails after the claim,
+//!   [`Cluster::unregister`].
+//! * **Detach**: unmount, unmap, [`Cluster::unregister`] (or update the mount IDs while
+//!   other mount IDs remain).
+//! * **Create**: [`Cluster::check_for`] by name first, so a device left over from a removed
+//!   image of the same name is cleaned before the new image is used.
+//! * **Remove**: claim the image read-write (holders are asked to release, refusals name
+//!   the node and mount IDs; silent holders are fenced), remove it, unregister.
+//! * **Errors**: [`DriverError::Held`] (registration lost to a node that keeps the image)
+//!   and [`DriverError::InUse`] (the holder refused) name the node and its mount IDs.
+
 pub mod control;
 pub mod fence;
 pub mod node;
