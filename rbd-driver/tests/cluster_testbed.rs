@@ -206,8 +206,29 @@ fn release_and_fencing_across_nodes() {
     assert_eq!(entry.holders.len(), 1);
     assert_eq!(entry.holders[0].node.as_str(), "node-b");
 
-    // 4. Heal A: its daemon's control watch comes back (it was never fenced).
+    // 4. Keep A cut past its control watch's timeout (10 s), then heal: its daemon's
+    // watch breaks and is re-established (the daemon was never fenced).
+    std::thread::sleep(Duration::from_secs(12));
     bed.heal(1);
+    assert!(
+        agent_a.wait_for("\"watching\":false", Duration::from_secs(60)),
+        "A's daemon never noticed its watch broke:\n{}",
+        agent_a.log()
+    );
+    assert!(
+        agent_a.wait_for("\"watching\":true", Duration::from_secs(60)),
+        "A's daemon did not re-establish its watch:\n{}",
+        agent_a.log()
+    );
+    let out = b.exec(
+        &[AGENT, "ping", "--node", "node-b", "--target", "node-a"],
+        Duration::from_secs(30),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["alive"], true,
+        "A's daemon does not answer after heal: {v}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = b.exec(&[AGENT, "registry"], Duration::from_secs(30));

@@ -4,6 +4,7 @@
 //! ```text
 //! rbd-cluster-agent serve --node ID [--hold NAME] [--in-use-file PATH] [common]
 //! rbd-cluster-agent claim --node ID --image NAME [--mode rw|ro] [--force] [--no-fence] [common]
+//! rbd-cluster-agent ping --node ID --target NODE [common]
 //! rbd-cluster-agent registry [common]
 //! common: [--pool rbd] [--namespace rbd-volumes] [--conf PATH] [--ping-timeout SECS]
 //! ```
@@ -63,8 +64,9 @@ struct Args {
     switches: Vec<String>,
 }
 
-const VALUED: [&str; 10] = [
+const VALUED: [&str; 11] = [
     "--node",
+    "--target",
     "--hold",
     "--in-use-file",
     "--image",
@@ -309,6 +311,15 @@ fn main() -> ExitCode {
     let r = match a.op.as_str() {
         "serve" => serve(&a).map(|()| json!({"ok": true})),
         "claim" => claim(&a).map(|c| json!({"ok": true, "claim": c})),
+        "ping" => cluster(&a).and_then(|c| {
+            let target = NodeId::new(a.get("--target").ok_or("--target is required")?)
+                .map_err(|e| e.to_string())?;
+            let r = c
+                .control(a.get("--pool").unwrap_or("rbd"))
+                .and_then(|ctl| ctl.ping(&target, c.config().ping_timeout))
+                .map_err(|e| e.to_string())?;
+            Ok(json!({"ok": true, "alive": r == rbd_driver::cluster::PingResult::Alive}))
+        }),
         "registry" => cluster(&a).and_then(|c| {
             let l = c
                 .registry(a.get("--pool").unwrap_or("rbd"))
