@@ -429,3 +429,33 @@ fn fence_image_breaks_lock_and_spares_own_address() {
     .unwrap();
     drop(friend_img);
 }
+
+/// A holder that answers pings but is slow to release is never fenced: the claim fails
+/// with a timeout naming it, and nothing is blocklisted.
+#[test]
+fn slow_but_live_holder_is_not_fenced() {
+    let Some(conf) = conf() else { return };
+    let ns = test_namespace();
+    let t = TestImage::create(&conf, "coord-slow", &ns);
+    let img = t.image_ref();
+    let a = node(&conf, "node-a", &ns);
+    let mut cfg = rbd_driver::cluster::ClusterConfig::new(NodeId::new("node-b").unwrap());
+    cfg.namespace = ns.clone();
+    cfg.release_timeout = Duration::from_secs(1);
+    let b = rbd_driver::cluster::Cluster::new(connect(&conf), cfg);
+    let slow: Arc<dyn rbd_driver::cluster::ReleaseHandler> = Arc::new(|_: &ReleaseRequest| {
+        std::thread::sleep(Duration::from_secs(4));
+        ReleaseOutcome::Released
+    });
+    let _server = a.serve(POOL, slow).unwrap();
+    a.claim(&img, Mode::Rw, &ClaimOptions::default()).unwrap();
+    let e = b
+        .claim(&img, Mode::Rw, &ClaimOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, DriverError::Timeout { .. }), "{e:?}");
+    assert!(e.to_string().contains("node node-a releasing"), "{e}");
+    assert!(b.registry(POOL).unwrap().fences(true).unwrap().is_empty());
+    assert!(!t.admin.is_blocklisted(&addr_of(a.rados())).unwrap());
+    let entry = a.registry(POOL).unwrap().get(&img).unwrap().unwrap();
+    assert_eq!(entry.holders[0].node, *a.node());
+}

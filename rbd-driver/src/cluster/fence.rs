@@ -91,6 +91,10 @@ fn is_in(addr: &EntityAddr, set: &[EntityAddr]) -> bool {
 /// Fences `target` (see the module docs). `rados` is the fencing node's connection; its
 /// own addresses are never fenced. The fence is recorded in `registry`'s fence log.
 ///
+/// Sets `rbd_blocklist_on_break_lock = false` on `rados`: every lock owner is blocklisted
+/// here first, with [`FenceOptions::expiry`], so librbd must not blocklist it again with
+/// its own default expiry when the lock is broken.
+///
 /// Fails with [`DriverError::FenceFailed`] when a watcher or lock owner is still there
 /// after [`FenceOptions::verify_timeout`]; the blocklist entries made so far stay (and
 /// are recorded).
@@ -167,9 +171,15 @@ pub fn fence_image(
         } else if a.is_whole_host() && !opts.allow_whole_host {
             spared.push((a, "whole-host address (not allowed)".to_owned()));
         } else {
-            rados
-                .blocklist_add(&a, Some(opts.expiry))
-                .map_err(|e| ceph(&format!("blocklisting {a}"), e))?;
+            if let Err(e) = rados.blocklist_add(&a, Some(opts.expiry)) {
+                // Record what was fenced so far before giving up.
+                if !record.addrs.is_empty() {
+                    record.reason =
+                        format!("{} (incomplete: blocklisting {a} failed)", record.reason);
+                    let _ = registry.record_fence(&record);
+                }
+                return Err(ceph(&format!("blocklisting {a}"), e));
+            }
             tracing::warn!(by = %by, "fenced {a} for {image}: {}", target.reason);
             record.addrs.push(a);
         }
