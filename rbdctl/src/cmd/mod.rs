@@ -1,7 +1,12 @@
 //! One module per command group.
 
+pub mod clone;
 pub mod fence;
 pub mod image;
+pub mod lock;
+pub mod meta;
+pub mod snap;
+pub mod trash;
 
 use crate::Cli;
 use crate::error::CliResult;
