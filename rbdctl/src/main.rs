@@ -126,6 +126,10 @@ pub enum Command {
     },
     /// List the clones of an image's snapshots (or of one snapshot).
     Children(cmd::clone::ChildrenArgs),
+    /// Export an image's (or snapshot's) data to a file, or to stdout with `-`.
+    Export(cmd::transfer::ExportArgs),
+    /// Create an image from a file, or from stdin with `-`.
+    Import(cmd::transfer::ImportArgs),
     /// Locks: ls shows exclusive-lock owners and advisory lockers; break removes one.
     #[command(subcommand)]
     Lock(cmd::lock::LockCmd),
@@ -141,6 +145,8 @@ pub enum Command {
     /// Blocklist (fence) client addresses: ls, add, rm.
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
+    /// Measure I/O on an image, like `rbd bench` (writes change its data).
+    Bench(cmd::bench::BenchArgs),
     /// Print library and cluster versions.
     Version,
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -214,11 +220,14 @@ fn run(cli: &Cli) -> CliResult {
         Command::Clone(a) => cmd::clone::clone(cli, a),
         Command::Flatten { image } => cmd::clone::flatten(cli, image),
         Command::Children(a) => cmd::clone::children(cli, a),
+        Command::Export(a) => cmd::transfer::export(cli, a),
+        Command::Import(a) => cmd::transfer::import(cli, a),
         Command::Lock(c) => cmd::lock::run(cli, c),
         Command::ImageMeta(c) => cmd::meta::run(cli, c),
         Command::Trash(c) => cmd::trash::run(cli, c),
         Command::Feature(c) => cmd::image::feature(cli, c),
         Command::Fence(c) => cmd::fence::run(cli, c),
+        Command::Bench(a) => cmd::bench::bench(cli, a),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {
             let mut c = Cli::command();
