@@ -11,6 +11,10 @@
 //! rbdctl fence ls
 //! ```
 
+// Doc comments on the argument types are clap's help text and use rbd's spec notation,
+// `[pool/[namespace/]]image[@snapshot]`, which rustdoc would read as intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod cmd;
 mod error;
 mod output;

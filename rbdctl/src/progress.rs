@@ -34,7 +34,7 @@ impl Progress {
         if !enabled(cli) {
             return Progress { bar: None };
         }
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         let template = match unit {
             Unit::Steps => "{msg}: [{bar:40}] {percent:>3}% ({elapsed}, eta {eta})",
             Unit::Bytes => {

@@ -415,7 +415,7 @@ pub fn status(cli: &Cli, name: &str) -> CliResult {
             cookie: w.cookie,
         })
         .collect();
-    let lock_owners = img.lock_get_owners().map(|o| o.owners).unwrap_or_default();
+    let lock_owners = crate::cmd::lock::exclusive_owners(&img)?;
     let st = Status {
         image: spec.image.clone(),
         id: img.id()?,

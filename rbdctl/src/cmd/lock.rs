@@ -60,18 +60,43 @@ struct LockerView {
     exclusive_lock_owner: bool,
 }
 
-/// The exclusive-lock owners, or none when the image lacks the feature.
-fn owners(img: &Image) -> CliResult<Vec<EntityAddr>> {
+/// The exclusive-lock owners' addresses as librbd reports them (`rbd_lock_get_owners`),
+/// or none when the image lacks the feature.
+///
+/// librbd answers only on a read-write handle (a read-only one has no exclusive-lock
+/// state), so this opens one by id; opening does not take the lock. Where that is
+/// refused (e.g. read-only caps), the owner is read from the lockers instead: librbd's
+/// exclusive lock is the locker with tag `internal` and a cookie `auto <handle>`.
+pub fn exclusive_owners(img: &Image) -> CliResult<Vec<String>> {
     if !img.features()?.contains(Features::EXCLUSIVE_LOCK) {
         return Ok(Vec::new());
     }
-    match img.lock_get_owners() {
-        Ok(o) => Ok(o.addrs()?),
-        Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotSupported) => {
-            Ok(Vec::new())
+    let rw = img.rados().ioctx(img.pool_name()).and_then(|mut io| {
+        if !img.namespace().is_empty() {
+            io.set_namespace(img.namespace())?;
         }
-        Err(e) => Err(e.into()),
+        Image::open_by_id(&io, &img.id()?, &OpenOptions::new())
+    });
+    if let Ok(rw) = rw {
+        match rw.lock_get_owners() {
+            Ok(o) => return Ok(o.owners),
+            Err(e) if e.kind() != ErrorKind::InvalidInput => return Err(e.into()),
+            Err(_) => {}
+        }
     }
+    let l = img.list_lockers()?;
+    Ok(l.lockers
+        .into_iter()
+        .filter(|k| l.tag == "internal" && k.cookie.starts_with("auto "))
+        .map(|k| k.addr.to_legacy_string())
+        .collect())
+}
+
+fn owners(img: &Image) -> CliResult<Vec<EntityAddr>> {
+    Ok(exclusive_owners(img)?
+        .iter()
+        .map(|s| s.parse::<EntityAddr>())
+        .collect::<Result<_, _>>()?)
 }
 
 fn holders(img: &Image) -> CliResult<Vec<LockerView>> {
@@ -80,8 +105,7 @@ fn holders(img: &Image) -> CliResult<Vec<LockerView>> {
     Ok(l.lockers
         .into_iter()
         .map(|k| LockerView {
-            exclusive_lock_owner: owners.iter().any(|o| o.same_instance(&k.addr))
-                || (l.tag == "internal" && k.cookie.starts_with("auto ")),
+            exclusive_lock_owner: owners.iter().any(|o| o.same_instance(&k.addr)),
             id: k.cookie,
             locker: k.client,
             address: k.addr.to_legacy_string(),
