@@ -442,3 +442,64 @@ fn rm_removes_and_rbd_agrees() {
     assert!(!e.rbd_ls().contains(&img));
     e.rbdctl(&["rm", &img]).code(3);
 }
+
+#[test]
+fn other_pools_namespaces_and_data_pools() {
+    let Some(e) = common::env() else { return };
+    let c = Cleanup::new(&e);
+    let pool = c.pool();
+    let ns = c.namespace();
+    let name = testkit::unique("rbdctl-spec");
+
+    // pool/image: created in the other pool, with its data in a data pool.
+    let in_pool = c.spec(&format!("{pool}/{name}"));
+    e.rbdctl(&["create", "--size", "8M", &in_pool]).ok();
+    assert!(e.rbd_json(&["ls", &pool]).as_array().unwrap().contains(&name.as_str().into()));
+    let with_dp = c.spec(&format!("{pool}/{name}-dp"));
+    e.rbdctl(&["create", "--size", "8M", "--data-pool", "rbd", &with_dp])
+        .ok();
+    let ours = e.rbdctl(&["info", &with_dp, "--format", "json"]).ok().json();
+    let theirs = e.rbd_json(&["info", &with_dp]);
+    assert_eq!(ours["data_pool"], "rbd");
+    assert_eq!(ours["data_pool"], theirs["data_pool"]);
+    assert_info_matches(&ours, &theirs, &[]);
+    let text = e.rbdctl(&["info", &with_dp]).ok().stdout();
+    assert!(text.contains("\tdata_pool: rbd\n"), "{text}");
+
+    // -p selects the pool for listing commands; a spec's pool wins over -p.
+    let ls = e.rbdctl(&["-p", &pool, "ls"]).ok().stdout();
+    assert!(ls.lines().any(|l| l == name), "{ls}");
+    e.rbdctl(&["-p", "rbd", "info", &in_pool]).ok();
+
+    // pool/namespace/image, and --namespace for listings.
+    let in_ns = c.spec(&format!("rbd/{ns}/{name}"));
+    e.rbdctl(&["create", "--size", "4M", &in_ns]).ok();
+    assert_eq!(
+        e.rbd_json(&["ls", &format!("rbd/{ns}")]),
+        serde_json::json!([name.as_str()])
+    );
+    let ls = e.rbdctl(&["--namespace", &ns, "ls"]).ok().stdout();
+    assert_eq!(ls, format!("{name}\n"));
+    let info = e.rbdctl(&["info", &in_ns, "--format", "json"]).ok().json();
+    assert_eq!(info["namespace"], ns.as_str());
+
+    // Clone across pools and namespaces: the parent is named with its pool.
+    e.rbdctl(&["snap", "create", &format!("{in_pool}@s")]).ok();
+    let child = c.spec(&format!("rbd/{ns}/{name}-child"));
+    e.rbdctl(&["clone", "--clone-format", "2", &format!("{in_pool}@s"), &child])
+        .ok();
+    let info = e.rbd_json(&["info", &child]);
+    assert_eq!(info["parent"]["pool"], pool.as_str());
+    assert_eq!(info["parent"]["image"], name.as_str());
+    let kids = e
+        .rbdctl(&["children", &format!("{in_pool}@s"), "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(kids[0]["pool"], "rbd");
+    assert_eq!(kids[0]["pool_namespace"], ns.as_str());
+    assert_eq!(kids[0]["image"], format!("{name}-child"));
+    // cp into the namespace and back out to the default pool.
+    let copy = c.image("spec-copy");
+    e.rbdctl(&["cp", &child, &copy]).ok();
+    assert_eq!(e.rbd_json(&["info", &copy])["size"], 8 * MIB);
+}

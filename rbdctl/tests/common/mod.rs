@@ -219,6 +219,8 @@ pub struct Cleanup<'a> {
     trash: RefCell<Vec<String>>,
     blocklist: RefCell<Vec<String>>,
     files: RefCell<Vec<PathBuf>>,
+    namespaces: RefCell<Vec<String>>,
+    pools: RefCell<Vec<String>>,
 }
 
 impl<'a> Cleanup<'a> {
@@ -230,7 +232,37 @@ impl<'a> Cleanup<'a> {
             trash: RefCell::new(Vec::new()),
             blocklist: RefCell::new(Vec::new()),
             files: RefCell::new(Vec::new()),
+            namespaces: RefCell::new(Vec::new()),
+            pools: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Registers an image spec (`pool/[namespace/]image`) to remove on drop.
+    pub fn spec(&self, spec: &str) -> String {
+        self.images.borrow_mut().push(spec.to_owned());
+        spec.to_owned()
+    }
+
+    /// Creates a unique RADOS namespace in pool `rbd` (removed on drop, after its images).
+    pub fn namespace(&self) -> String {
+        let ns = testkit::unique("rbdctl-ns");
+        let r = self
+            .env
+            .tool("rbd", &["namespace", "create", "--pool", "rbd", "--namespace", &ns]);
+        assert_eq!(r.code, 0, "rbd namespace create: {}", r.err);
+        self.namespaces.borrow_mut().push(ns.clone());
+        ns
+    }
+
+    /// Creates a unique replicated pool initialised for RBD (deleted on drop, last).
+    pub fn pool(&self) -> String {
+        let p = testkit::unique("rbdctl-pool");
+        let r = self.env.tool("ceph", &["osd", "pool", "create", &p, "8"]);
+        assert_eq!(r.code, 0, "ceph osd pool create: {}", r.err);
+        self.pools.borrow_mut().push(p.clone());
+        let r = self.env.tool("rbd", &["pool", "init", &p]);
+        assert_eq!(r.code, 0, "rbd pool init: {}", r.err);
+        p
     }
 
     /// A unique image name, removed on drop (later names first: clones before parents).
@@ -273,7 +305,15 @@ impl<'a> Cleanup<'a> {
             }
         }
         e.tool("rbd", &["snap", "purge", "--no-progress", name]);
-        e.tool("rbd", &["rm", "--no-progress", name]);
+        // A client killed by the test leaves its watch behind until the OSD times it out
+        // (30 s); librbd refuses rm meanwhile, so wait that out.
+        for _ in 0..45 {
+            let r = e.tool("rbd", &["rm", "--no-progress", name]);
+            if r.code == 0 || !r.err.contains("busy") && !r.err.contains("watchers") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 }
 
@@ -304,6 +344,16 @@ impl Drop for Cleanup<'_> {
         }
         for f in self.files.borrow().iter() {
             let _ = std::fs::remove_file(f);
+        }
+        for ns in self.namespaces.borrow().iter() {
+            self.env
+                .tool("rbd", &["namespace", "rm", "--pool", "rbd", "--namespace", ns]);
+        }
+        for p in self.pools.borrow().iter() {
+            self.env.tool(
+                "ceph",
+                &["osd", "pool", "rm", p, p, "--yes-i-really-really-mean-it"],
+            );
         }
     }
 }
