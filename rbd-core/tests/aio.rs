@@ -310,3 +310,39 @@ fn wait_blocks_without_a_runtime() {
     img.read_exact_at(3 * MIB, &mut b).unwrap();
     assert!(b == pattern(3, 4096));
 }
+
+#[test]
+fn write_buf_gives_the_buffer_back_for_reuse() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let t = TestImage::create(&rados, "aio-reuse", 4 * MIB, &plain_opts());
+    let img = t.open();
+    runtime().block_on(async {
+        // One buffer, reused for 16 writes one after the other.
+        let mut buf = vec![0u8; 64 * KIB as usize];
+        for i in 0..16u64 {
+            let p = pattern(i, buf.len());
+            buf.copy_from_slice(&p);
+            let ptr = buf.as_ptr();
+            buf = img
+                .aio_write_buf_with(i * 64 * KIB, buf, rbd_core::IoFlags::FADVISE_SEQUENTIAL)
+                .await
+                .unwrap();
+            assert_eq!(buf.as_ptr(), ptr, "not the same buffer");
+            assert_eq!(buf.len(), 64 * KIB as usize);
+        }
+        // Past the end: refused, and the buffer is not needed back (it is dropped).
+        let e = img.aio_write_buf(4 * MIB - 1, buf).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        img.aio_flush().await.unwrap();
+    });
+    let exported = mgmt::export(&conf, &t.spec());
+    for i in 0..16usize {
+        let l = 64 * KIB as usize;
+        assert!(
+            exported[i * l..(i + 1) * l] == pattern(i as u64, l),
+            "block {i}"
+        );
+    }
+}
