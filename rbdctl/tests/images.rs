@@ -454,11 +454,19 @@ fn other_pools_namespaces_and_data_pools() {
     // pool/image: created in the other pool, with its data in a data pool.
     let in_pool = c.spec(&format!("{pool}/{name}"));
     e.rbdctl(&["create", "--size", "8M", &in_pool]).ok();
-    assert!(e.rbd_json(&["ls", &pool]).as_array().unwrap().contains(&name.as_str().into()));
+    assert!(
+        e.rbd_json(&["ls", &pool])
+            .as_array()
+            .unwrap()
+            .contains(&name.as_str().into())
+    );
     let with_dp = c.spec(&format!("{pool}/{name}-dp"));
     e.rbdctl(&["create", "--size", "8M", "--data-pool", "rbd", &with_dp])
         .ok();
-    let ours = e.rbdctl(&["info", &with_dp, "--format", "json"]).ok().json();
+    let ours = e
+        .rbdctl(&["info", &with_dp, "--format", "json"])
+        .ok()
+        .json();
     let theirs = e.rbd_json(&["info", &with_dp]);
     assert_eq!(ours["data_pool"], "rbd");
     assert_eq!(ours["data_pool"], theirs["data_pool"]);
@@ -486,8 +494,14 @@ fn other_pools_namespaces_and_data_pools() {
     // Clone across pools and namespaces: the parent is named with its pool.
     e.rbdctl(&["snap", "create", &format!("{in_pool}@s")]).ok();
     let child = c.spec(&format!("rbd/{ns}/{name}-child"));
-    e.rbdctl(&["clone", "--clone-format", "2", &format!("{in_pool}@s"), &child])
-        .ok();
+    e.rbdctl(&[
+        "clone",
+        "--clone-format",
+        "2",
+        &format!("{in_pool}@s"),
+        &child,
+    ])
+    .ok();
     let info = e.rbd_json(&["info", &child]);
     assert_eq!(info["parent"]["pool"], pool.as_str());
     assert_eq!(info["parent"]["image"], name.as_str());

@@ -173,10 +173,17 @@ pub fn bench(cli: &Cli, a: &BenchArgs) -> CliResult {
     }
 
     type OpFuture = std::pin::Pin<
-        Box<dyn std::future::Future<Output = (bool, rbd_core::Result<Option<Vec<u8>>>)> + Send>,
+        Box<dyn std::future::Future<Output = (bool, rbd_core::Result<Vec<u8>>)> + Send>,
     >;
-    let mut buffers: Vec<Vec<u8>> = Vec::new();
-    let issue = |i: u64, rng: &mut Rng, buffers: &mut Vec<Vec<u8>>| -> OpFuture {
+    // Buffers come back from completed requests and are reused: read buffers as they are,
+    // write buffers still holding the pattern (librbd does not change them).
+    let mut read_bufs: Vec<Vec<u8>> = Vec::new();
+    let mut write_bufs: Vec<Vec<u8>> = Vec::new();
+    let issue = |i: u64,
+                 rng: &mut Rng,
+                 read_bufs: &mut Vec<Vec<u8>>,
+                 write_bufs: &mut Vec<Vec<u8>>|
+     -> OpFuture {
         let slot = match a.io_pattern {
             IoPattern::Seq => i % slots,
             IoPattern::Rand => rng.next() % slots,
@@ -188,12 +195,15 @@ pub fn bench(cli: &Cli, a: &BenchArgs) -> CliResult {
             IoType::Readwrite => rng.next() % 100 < u64::from(a.rw_mix_read),
         };
         if read {
-            let buf = buffers.pop().unwrap_or_else(|| vec![0u8; io_size as usize]);
+            let buf = read_bufs
+                .pop()
+                .unwrap_or_else(|| vec![0u8; io_size as usize]);
             let f = img.aio_read(off, buf);
-            Box::pin(async move { (true, f.await.map(Some)) })
+            Box::pin(async move { (true, f.await) })
         } else {
-            let f = img.aio_write(off, pattern.clone());
-            Box::pin(async move { (false, f.await.map(|_| None)) })
+            let buf = write_bufs.pop().unwrap_or_else(|| pattern.clone());
+            let f = img.aio_write_buf(off, buf);
+            Box::pin(async move { (false, f.await) })
         }
     };
 
@@ -205,22 +215,24 @@ pub fn bench(cli: &Cli, a: &BenchArgs) -> CliResult {
         let mut pending = FuturesUnordered::new();
         let mut issued = 0u64;
         while issued < total_ops && pending.len() < a.io_threads as usize {
-            pending.push(issue(issued, &mut rng, &mut buffers));
+            pending.push(issue(issued, &mut rng, &mut read_bufs, &mut write_bufs));
             issued += 1;
         }
         while let Some((read, r)) = pending.next().await {
             let buf = r.context(|| format!("bench I/O on {}", spec.display(cli)))?;
-            if let Some(b) = buf {
-                buffers.push(b);
-            }
             done_ops += 1;
             if read {
                 read_ops += 1;
+                // A short read (image shrank under us) is not reused at the wrong size.
+                if buf.len() as u64 == io_size {
+                    read_bufs.push(buf);
+                }
             } else {
                 write_ops += 1;
+                write_bufs.push(buf);
             }
             if issued < total_ops {
-                pending.push(issue(issued, &mut rng, &mut buffers));
+                pending.push(issue(issued, &mut rng, &mut read_bufs, &mut write_bufs));
                 issued += 1;
             }
             let now = Instant::now();

@@ -406,13 +406,22 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> CliResult {
                 img.resize(target, Shrink::Forbid)?;
                 size = target;
             }
-            for (s, len) in data_runs(&buf) {
+            let runs = data_runs(&buf);
+            let whole = runs.as_slice() == [(0, buf.len())];
+            let mut buf = Some(buf);
+            for (s, len) in runs {
                 if inflight.len() >= usize::from(a.concurrency)
                     && let Some(f) = inflight.pop_front()
                 {
                     f.wait()?;
                 }
-                inflight.push_back(img.aio_write(total + s as u64, buf[s..s + len].to_vec()));
+                // A chunk that is all data goes as it is; otherwise copy out its runs.
+                let piece = match (&mut buf, whole) {
+                    (b @ Some(_), true) => b.take().unwrap_or_default(),
+                    (Some(b), false) => b[s..s + len].to_vec(),
+                    (None, _) => Vec::new(),
+                };
+                inflight.push_back(img.aio_write(total + s as u64, piece));
                 data += len as u64;
             }
             total = end;

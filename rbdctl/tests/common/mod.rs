@@ -246,9 +246,10 @@ impl<'a> Cleanup<'a> {
     /// Creates a unique RADOS namespace in pool `rbd` (removed on drop, after its images).
     pub fn namespace(&self) -> String {
         let ns = testkit::unique("rbdctl-ns");
-        let r = self
-            .env
-            .tool("rbd", &["namespace", "create", "--pool", "rbd", "--namespace", &ns]);
+        let r = self.env.tool(
+            "rbd",
+            &["namespace", "create", "--pool", "rbd", "--namespace", &ns],
+        );
         assert_eq!(r.code, 0, "rbd namespace create: {}", r.err);
         self.namespaces.borrow_mut().push(ns.clone());
         ns
@@ -346,8 +347,10 @@ impl Drop for Cleanup<'_> {
             let _ = std::fs::remove_file(f);
         }
         for ns in self.namespaces.borrow().iter() {
-            self.env
-                .tool("rbd", &["namespace", "rm", "--pool", "rbd", "--namespace", ns]);
+            self.env.tool(
+                "rbd",
+                &["namespace", "rm", "--pool", "rbd", "--namespace", ns],
+            );
         }
         for p in self.pools.borrow().iter() {
             self.env.tool(
