@@ -209,6 +209,9 @@ fn errors_come_back_through_the_future() {
     img.snap_create("s").unwrap();
     let ro = Image::open(&t.io, &t.name, &OpenOptions::new().read_only(true)).unwrap();
     let snap = Image::open(&t.io, &t.name, &OpenOptions::new().snapshot("s")).unwrap();
+    assert!(ro.is_read_only() && !img.is_read_only());
+    assert_eq!(snap.opened_snapshot(), Some("s"));
+    assert_eq!(img.opened_snapshot(), None);
     runtime().block_on(async {
         for (what, h) in [("read-only", &ro), ("snapshot", &snap)] {
             let e = h.aio_write(0, vec![1; 512]).await.unwrap_err();
