@@ -10,6 +10,9 @@ use rbd_core::rbd::{self, ImageOptions};
 use rbd_core::task::blocking;
 use rbd_core::{ErrorKind, Image, OpenOptions};
 
+/// What each task reports: its image name, snapshot count, final size, data read back.
+type Outcome = (String, usize, u64, Vec<u8>);
+
 #[test]
 fn image_lifecycles_run_concurrently_from_tasks() {
     let Some((rados, conf)) = common::connect() else {
@@ -28,8 +31,7 @@ fn image_lifecycles_run_concurrently_from_tasks() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut set: tokio::task::JoinSet<rbd_core::Result<(String, usize, u64, Vec<u8>)>> =
-            tokio::task::JoinSet::new();
+        let mut set: tokio::task::JoinSet<rbd_core::Result<Outcome>> = tokio::task::JoinSet::new();
         for name in names.clone() {
             let io = io.clone();
             set.spawn(async move {
