@@ -349,3 +349,41 @@ fn write_buf_gives_the_buffer_back_for_reuse() {
         );
     }
 }
+
+#[test]
+fn close_waits_for_futures_and_reports_busy_when_they_are_kept() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let t = TestImage::create(&rados, "aio-close", 4 * MIB, &plain_opts());
+    // A connection whose OSD op timeout (and so close's wait) is short.
+    let short = rbd_core::Rados::connect(
+        &rbd_core::ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(rbd_core::Timeouts::uniform(Duration::from_secs(1))),
+    )
+    .unwrap();
+    let io = short.ioctx(common::POOL).unwrap();
+    let img = Image::open(&io, &t.name, &OpenOptions::new()).unwrap();
+    // A future kept (complete, but neither awaited nor dropped) holds the handle.
+    let kept = img.aio_write(0, b"kept".to_vec());
+    let t0 = std::time::Instant::now();
+    let e = img.close().unwrap_err();
+    let waited = t0.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains(&t.name), "{e}");
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(20),
+        "close waited {waited:?}"
+    );
+    // The handle is still open (its watch is there) until the future goes...
+    let ro = Image::open(&t.io, &t.name, &OpenOptions::new().read_only(true)).unwrap();
+    assert_eq!(ro.watchers().unwrap().len(), 1);
+    assert!(kept.is_complete());
+    assert_eq!(kept.wait().unwrap(), 4);
+    // ...and closed right after.
+    assert!(ro.watchers().unwrap().is_empty());
+    let mut b = [0u8; 4];
+    ro.read_exact_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"kept");
+}
