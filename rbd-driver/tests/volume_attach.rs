@@ -55,7 +55,10 @@ fn attach_formats_and_mounts_and_data_survives_detach_and_reattach_elsewhere() {
     std::fs::create_dir(mp.join("dir")).unwrap();
     let rep = d.detach_with_report(&name, "m1").unwrap();
     assert_eq!(rep.unmount.as_deref(), Some("unmounted"), "{rep:?}");
-    assert!(rep.unmapped && rep.remaining_mount_ids.is_empty(), "{rep:?}");
+    assert!(
+        rep.unmapped && rep.remaining_mount_ids.is_empty(),
+        "{rep:?}"
+    );
     assert_detached(&env, &cfg, &name, &id, &pids);
     assert!(!mp.exists(), "the mountpoint directory is removed");
     assert_eq!(d.path(&name).unwrap(), None);
@@ -100,10 +103,17 @@ fn two_mount_ids_share_one_mount_and_the_last_detach_unmaps() {
         .count();
     assert_eq!(n, 1, "one mount for both");
     assert_eq!(mappings(&cfg, POOL, &id).len(), 1);
-    let ids: Vec<String> = env.state(&cfg).volumes[&name].mount_ids.iter().cloned().collect();
+    let ids: Vec<String> = env.state(&cfg).volumes[&name]
+        .mount_ids
+        .iter()
+        .cloned()
+        .collect();
     assert_eq!(ids, vec!["m1".to_string(), "m2".to_string()]);
     let sum = write_file(&mp1.join("f"), 1 << 20, 3);
-    let pids: Vec<u32> = mappings(&cfg, POOL, &id).iter().filter_map(|m| m.pid).collect();
+    let pids: Vec<u32> = mappings(&cfg, POOL, &id)
+        .iter()
+        .filter_map(|m| m.pid)
+        .collect();
 
     let rep = d.detach_with_report(&name, "m1").unwrap();
     assert_eq!(rep.remaining_mount_ids, vec!["m2".to_string()]);
@@ -154,7 +164,9 @@ fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     assert!(matches!(e, DriverError::InUse { .. }), "{e}");
     assert!(e.to_string().contains(&addr), "{e} lacks {addr}");
     // A second read-write attach elsewhere: refused, nothing left behind on b.
-    let e = b.attach(&name, "ctr-b", Some(AccessMode::ReadWrite)).unwrap_err();
+    let e = b
+        .attach(&name, "ctr-b", Some(AccessMode::ReadWrite))
+        .unwrap_err();
     assert!(matches!(e, DriverError::InUse { .. }), "{e}");
     assert!(e.to_string().contains(&addr), "{e}");
     assert_detached(&env, &cfg_b, &name, &id, &[]);
@@ -171,7 +183,9 @@ fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     assert_eq!(sha256(&mpa.join("f")), sum);
     assert_eq!(sha256(&mpb.join("f")), sum);
     // A read-write request on the read-only mount is refused, naming its mount IDs.
-    let e = a.attach(&name, "rw-a", Some(AccessMode::ReadWrite)).unwrap_err();
+    let e = a
+        .attach(&name, "rw-a", Some(AccessMode::ReadWrite))
+        .unwrap_err();
     assert!(e.to_string().contains("ro-a"), "{e}");
     a.detach(&name, "ro-a").unwrap();
     b.detach(&name, "ro-b").unwrap();
@@ -185,26 +199,79 @@ fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     env.assert_nothing(POOL, "", &name);
 }
 
+fn has_cap_sys_resource() -> bool {
+    let st = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = st
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    eff & (1 << 24) != 0
+}
+
 #[test]
 fn resize_grows_the_mounted_filesystem_and_a_detached_one_at_next_attach() {
     let Some(env) = env(true) else { return };
     let cfg = node_config(&env, "a");
     let d = env.driver_with(cfg.clone());
-    let name = env.name("grow");
-    let id = d.create(&name, &spec(&[("size", "64M")])).unwrap().image_id;
-    let mp = d.attach(&name, "m1", None).unwrap();
-    let before = fs_size(&mp);
-    d.resize(&name, 128 << 20).unwrap();
-    let after = fs_size(&mp);
-    assert!(after > before + (50 << 20), "{before} -> {after}");
-    let dev = mappings(&cfg, POOL, &id)[0].device.clone();
-    assert_eq!(fs_format::device_size(&dev).unwrap(), 128 << 20);
-    d.detach(&name, "m1").unwrap();
 
+    // xfs grows online.
+    let name = env.name("growx");
+    let id = d
+        .create(&name, &spec(&[("size", "320M"), ("fstype", "xfs")]))
+        .unwrap()
+        .image_id;
+    let mp = d.attach(&name, "m1", None).unwrap();
+    let sum = write_file(&mp.join("f"), 1 << 20, 1);
+    let before = fs_size(&mp);
+    d.resize(&name, 640 << 20).unwrap();
+    let after = fs_size(&mp);
+    assert!(after > before + (250 << 20), "{before} -> {after}");
+    let dev = mappings(&cfg, POOL, &id)[0].device.clone();
+    assert_eq!(fs_format::device_size(&dev).unwrap(), 640 << 20);
+    assert_eq!(sha256(&mp.join("f")), sum);
+    d.detach(&name, "m1").unwrap();
     // Detached: the image grows now, the filesystem at the next attach.
+    d.resize(&name, 960 << 20).unwrap();
+    let mp = d.attach(&name, "m2", None).unwrap();
+    assert!(
+        fs_size(&mp) > after + (250 << 20),
+        "{after} -> {}",
+        fs_size(&mp)
+    );
+    assert_eq!(sha256(&mp.join("f")), sum);
+    d.detach(&name, "m2").unwrap();
+    d.remove(&name, false).unwrap();
+
+    // ext4: online when the kernel lets us (CAP_SYS_RESOURCE), else offline at the next
+    // attach.
+    let name = env.name("growe");
+    d.create(&name, &spec(&[("size", "64M")])).unwrap();
+    let mp = d.attach(&name, "m1", None).unwrap();
+    let sum = write_file(&mp.join("f"), 1 << 20, 2);
+    let before = fs_size(&mp);
+    let r = d.resize(&name, 128 << 20);
+    if has_cap_sys_resource() {
+        r.unwrap();
+        assert!(fs_size(&mp) > before + (50 << 20));
+    } else {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("next read-write attach"), "{e}");
+        assert_eq!(
+            env.image(POOL, "", &name).unwrap().size().unwrap(),
+            128 << 20
+        );
+        assert_eq!(fs_size(&mp), before);
+    }
+    d.detach(&name, "m1").unwrap();
     d.resize(&name, 192 << 20).unwrap();
     let mp = d.attach(&name, "m2", None).unwrap();
-    assert!(fs_size(&mp) > after + (50 << 20), "{after} -> {}", fs_size(&mp));
+    assert!(
+        fs_size(&mp) > before + (100 << 20),
+        "{before} -> {}",
+        fs_size(&mp)
+    );
+    assert_eq!(sha256(&mp.join("f")), sum);
     d.detach(&name, "m2").unwrap();
     d.remove(&name, false).unwrap();
     env.assert_nothing(POOL, "", &name);
@@ -268,7 +335,9 @@ fn format_at_create_xfs_and_read_only_volumes() {
     assert_eq!(env.meta(POOL, "", &ro)["rbd-volumes.formatted"], "ext4");
     let rmp = d.attach(&ro, "r1", None).unwrap();
     assert!(mount_at(&rmp).unwrap().is_read_only());
-    let e = d.attach(&ro, "r2", Some(AccessMode::ReadWrite)).unwrap_err();
+    let e = d
+        .attach(&ro, "r2", Some(AccessMode::ReadWrite))
+        .unwrap_err();
     assert!(matches!(e, DriverError::InvalidInput { .. }), "{e}");
     d.detach(&ro, "r1").unwrap();
     assert_detached(&env, &cfg, &ro, &rinfo.image_id, &[]);
@@ -302,11 +371,19 @@ fn a_device_holding_unknown_data_is_never_formatted() {
     assert!(e.to_string().contains("refusing"), "{e}");
     // The failed attach left nothing, and the data is untouched.
     assert_detached(&env, &cfg, &name, &id, &[]);
-    let img = Image::open(&env.io(POOL, ""), &name, &OpenOptions::new().read_only(true)).unwrap();
+    let img = Image::open(
+        &env.io(POOL, ""),
+        &name,
+        &OpenOptions::new().read_only(true),
+    )
+    .unwrap();
     let mut back = vec![0u8; junk.len()];
     img.read_at(0, &mut back).unwrap();
     assert_eq!(back, junk);
-    assert!(!env.meta(POOL, "", &name).contains_key("rbd-volumes.formatted"));
+    assert!(
+        !env.meta(POOL, "", &name)
+            .contains_key("rbd-volumes.formatted")
+    );
     drop(img);
     d.remove(&name, false).unwrap();
 }
