@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fs_format::{FsType, MkfsOptions, MountOptions, Probe, UnmountOutcome};
-use rbd_core::{Image, OpenOptions};
+use rbd_core::{EntityAddr, Image, OpenOptions};
 use serde::Serialize;
 
 use crate::error::{DriverError, Result};
@@ -519,11 +519,84 @@ impl Driver {
             ));
         }
         let maps = self.local_mappings(&v.pool, &v.namespace, &v.image_id)?;
+        // Mappings whose process died (a crashed or killed mapper) leave their Ceph
+        // client's watch and exclusive lock behind until the OSD times the watch out.
+        let dead: Vec<EntityAddr> = maps
+            .iter()
+            .filter(|m| m.backend != crate::mapper::Backend::Krbd && m.pid.is_none())
+            .filter_map(|m| m.client_addr.clone())
+            .collect();
         if !maps.is_empty() {
             did.extend(self.unmap_all(v, true)?);
         }
+        for addr in dead {
+            did.extend(self.fence_dead_mapper(name, v, &addr)?);
+        }
         if fs::remove_dir(&v.mountpoint).is_ok() {
             did.push(format!("removed {}", v.mountpoint.display()));
+        }
+        Ok(did)
+    }
+
+    /// Fences the Ceph client of one of this node's own mappings whose mapper process is
+    /// dead: when it still watches the image or holds its exclusive lock, its exact
+    /// address (never a whole host, never this driver's own) is blocklisted and the lock
+    /// broken, so the volume can be attached again at once instead of after the OSD's
+    /// watch timeout.
+    fn fence_dead_mapper(
+        &self,
+        name: &str,
+        v: &VolumeState,
+        addr: &EntityAddr,
+    ) -> Result<Vec<String>> {
+        let mut did = Vec::new();
+        if addr.is_whole_host() || self.own_addrs().iter().any(|a| a.same_instance(addr)) {
+            return Ok(did);
+        }
+        let io = self.io(&v.pool, &v.namespace)?;
+        let image = match Image::open_by_id(&io, &v.image_id, &OpenOptions::new()) {
+            Ok(i) => i,
+            Err(e) if e.kind() == rbd_core::ErrorKind::NotFound => return Ok(did),
+            Err(e) => return Err(DriverError::ceph(format!("opening volume {name}"), e)),
+        };
+        let watching = self
+            .foreign_watchers(&image)?
+            .iter()
+            .any(|w| w.addr.same_instance(addr));
+        let owners: Vec<String> = image
+            .lock_get_owners()
+            .map(|o| o.owners)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o.parse::<EntityAddr>().is_ok_and(|a| a.same_instance(addr)))
+            .collect();
+        if !watching && owners.is_empty() {
+            return Ok(did);
+        }
+        self.rados.blocklist_add(addr, None).map_err(|e| {
+            DriverError::ceph(
+                format!(
+                    "blocklisting the dead mapper client {} of volume {name}",
+                    addr.to_legacy_string()
+                ),
+                e,
+            )
+        })?;
+        did.push(format!(
+            "blocklisted the dead mapper's client {}",
+            addr.to_legacy_string()
+        ));
+        for o in owners {
+            match image.lock_break(rbd_core::rbd::LockMode::Exclusive, &o) {
+                Ok(()) => did.push(format!("broke its exclusive lock ({o})")),
+                Err(e) if e.kind() == rbd_core::ErrorKind::Busy => {}
+                Err(e) => {
+                    return Err(DriverError::ceph(
+                        format!("breaking the exclusive lock of {o} on volume {name}"),
+                        e,
+                    ));
+                }
+            }
         }
         Ok(did)
     }
