@@ -387,3 +387,73 @@ fn a_device_holding_unknown_data_is_never_formatted() {
     drop(img);
     d.remove(&name, false).unwrap();
 }
+
+#[test]
+fn concurrent_attaches_on_one_node_share_one_mount() {
+    let Some(env) = env(true) else { return };
+    let cfg = node_config(&env, "a");
+    let d = std::sync::Arc::new(env.driver_with(cfg.clone()));
+    let name = env.name("conc");
+    let id = d.create(&name, &spec(&[("size", "32M")])).unwrap().image_id;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (d, b, name) = (d.clone(), barrier.clone(), name.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                d.attach(&name, &format!("ctr-{i}"), None)
+            })
+        })
+        .collect();
+    let mps: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    assert!(mps.iter().all(|m| *m == mps[0]), "{mps:?}");
+    assert_eq!(mappings(&cfg, POOL, &id).len(), 1);
+    assert_eq!(env.state(&cfg).volumes[&name].mount_ids.len(), 4);
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (d, name) = (d.clone(), name.clone());
+            std::thread::spawn(move || d.detach(&name, &format!("ctr-{i}")))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    assert_detached(&env, &cfg, &name, &id, &[]);
+    d.remove(&name, false).unwrap();
+}
+
+#[test]
+fn recovery_unmounts_and_unmaps_an_attachment_the_state_file_lost() {
+    let Some(env) = env(true) else { return };
+    let cfg = node_config(&env, "a");
+    let d = env.driver_with(cfg.clone());
+    let name = env.name("lost");
+    let id = d.create(&name, &spec(&[("size", "32M")])).unwrap().image_id;
+    let mp = d.attach(&name, "m1", None).unwrap();
+    let pids: Vec<u32> = mappings(&cfg, POOL, &id)
+        .iter()
+        .filter_map(|m| m.pid)
+        .collect();
+    drop(d);
+    // The state entry is lost (e.g. the state file was restored from an old backup).
+    rbd_driver::volume::StateStore::new(&cfg.state_dir)
+        .unwrap()
+        .update(|st| {
+            st.volumes.remove(&name);
+        })
+        .unwrap();
+    assert!(mount_at(&mp).is_some());
+    let d = env.driver_with(cfg.clone());
+    let rep = d.last_recovery().unwrap();
+    assert!(
+        rep.actions.iter().any(|a| a.volume == name
+            && a.action.contains("orphan mount")
+            && a.action.contains("unmapped")),
+        "{rep:?}"
+    );
+    assert_detached(&env, &cfg, &name, &id, &pids);
+    d.remove(&name, false).unwrap();
+}

@@ -524,7 +524,7 @@ impl Driver {
         let dead: Vec<EntityAddr> = maps
             .iter()
             .filter(|m| m.backend != crate::mapper::Backend::Krbd && m.pid.is_none())
-            .filter_map(|m| m.client_addr.clone())
+            .filter_map(|m| m.client_addr)
             .collect();
         if !maps.is_empty() {
             did.extend(self.unmap_all(v, true)?);
