@@ -11,7 +11,7 @@
 //! it), maps the image, writes one [`Readiness`](rbd_driver::mapper::userspace::daemon::Readiness)
 //! line to stdout and closes it, then serves until `SIGTERM` (unmap), `SIGUSR1` (forced
 //! unmap), or its client is blocklisted. Logs go to stderr. Exit statuses are in
-//! [`exit`](rbd_driver::mapper::userspace::daemon::exit).
+//! [`exit`].
 //!
 //! No secret is ever on the command line: the request names the keyring file.
 

@@ -75,7 +75,7 @@ pub struct ServeRequest {
     pub request: MapRequest,
     /// `MapperConfig::run_dir`.
     pub run_dir: PathBuf,
-    /// Names this mapping's files (see [`record`](super::record)).
+    /// Names this mapping's files (see [`record`]).
     pub token: String,
     /// Watchdog period in milliseconds (default: half the I/O timeout, 1 to 5 s).
     #[serde(default)]
@@ -264,7 +264,6 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         mapping,
         record: m.paths.record(),
     });
-    drop(report);
 
     let interval = req
         .check_interval_ms
@@ -700,10 +699,11 @@ impl Mapper {
                     let fenced = matches!(stop, Stop::Fenced(_));
                     let r = bounded("closing the image", self.teardown_timeout, move || {
                         let mut errs = Vec::new();
-                        if locked && !fenced {
-                            if let Err(e) = img.lock_release() {
-                                errs.push(format!("releasing the exclusive lock: {e}"));
-                            }
+                        if locked
+                            && !fenced
+                            && let Err(e) = img.lock_release()
+                        {
+                            errs.push(format!("releasing the exclusive lock: {e}"));
                         }
                         if let Err(e) = img.close() {
                             errs.push(format!("closing the image: {e}"));
@@ -724,14 +724,14 @@ impl Mapper {
             }
         }
         // 4. The connection: shut down with a deadline, or leave it to the exit.
-        if let Some(rados) = self.rados.take() {
-            if let Err(e) = bounded(
+        if let Some(rados) = self.rados.take()
+            && let Err(e) = bounded(
                 "shutting down the cluster connection",
                 Duration::from_secs(5),
                 move || drop(rados),
-            ) {
-                log!("{e}");
-            }
+            )
+        {
+            log!("{e}");
         }
         // 5. The record.
         if self.record_written {
