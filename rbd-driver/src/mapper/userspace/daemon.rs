@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rbd_core::{ConnectOptions, EntityAddr, Image, OpenOptions, Rados, Timeouts};
 use serde::{Deserialize, Serialize};
 
-use super::fusefs::{ImageFs, Shared};
+use super::fusefs::{self, ImageFs, Shared};
 use super::procinfo;
 use super::rbd_backend::RbdBackend;
 use super::record::{self, ExitReport, Paths, RECORD_VERSION, Record};
@@ -218,8 +218,11 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         .unwrap_or(DEFAULT_IO_TIMEOUT_SECS)
         .max(1);
     let forced = Arc::new(AtomicBool::new(false));
+    // Resolve symlinks: the kernel names mount points and loop backing files that way.
+    let _ = record::ensure_dir(&req.run_dir);
+    let run_dir = std::fs::canonicalize(&req.run_dir).unwrap_or_else(|_| req.run_dir.clone());
     let mut m = Mapper {
-        paths: Paths::new(&req.run_dir, &req.token),
+        paths: Paths::new(&run_dir, &req.token),
         rados: None,
         image: None,
         backend: None,
@@ -440,6 +443,11 @@ impl Mapper {
         )
         .map_err(|e| super::chain(&e))?;
         drop(file);
+        // Split the device's requests where FUSE splits them (max_write), so that each
+        // loop request is one FUSE request and one librbd request.
+        if let Err(e) = dev.set_max_request_kb(fusefs::MAX_WRITE / 1024) {
+            log!("note: {}", super::chain(&e));
+        }
         let device = dev.path();
         self.dev = Some(dev);
 
