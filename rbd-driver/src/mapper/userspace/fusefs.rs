@@ -94,11 +94,14 @@ trait Pending: Send + Sync {
     fn fail(&self, errno: Errno);
 }
 
-/// The table of registered I/Os: a slab of (id, deadline, op).
+/// One registered I/O: its unique id, its deadline, and how to fail it.
+type Slot = (u64, Instant, Arc<dyn Pending>);
+
+/// The table of registered I/Os: a slab of [`Slot`]s.
 #[derive(Default)]
 struct Table {
     fenced: bool,
-    slots: Vec<Option<(u64, Instant, Arc<dyn Pending>)>>,
+    slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     next_id: u64,
 }
