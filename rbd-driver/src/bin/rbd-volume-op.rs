@@ -17,11 +17,14 @@
 //! common: --conf PATH --state-dir DIR --mount-root DIR --run-dir DIR [--node ID]
 //!         [--id CLIENT] [--keyring PATH] [--pool POOL] [--backend B] [--umap-bin PATH]
 //!         [--format-at create|first-attach] [--ping-timeout SECS] [--io-timeout SECS]
-//!         [--timeout SECS] [--cluster-namespace NS]
+//!         [--timeout SECS] [--cluster-namespace NS] [--start-at-ms EPOCH_MS]
 //! ```
 //!
 //! Output: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`; exit status 0 or 1
 //! (2 for a usage error).
+//!
+//! `--start-at-ms` waits, once connected, until that time (ms since the epoch) before
+//! running the operation: two processes started a moment apart then race for real.
 //!
 //! `daemon` runs a [`NodeDaemon`] for the node until `SIGTERM`/`SIGINT`: it prints
 //! `READY {json}` once it answers control requests and its first reconcile is done, then
@@ -182,6 +185,11 @@ fn main() -> ExitCode {
         cfg.timeouts = rbd_core::Timeouts::uniform(Duration::from_secs(t.max(1)));
     }
     let interval = Duration::from_secs(interval.unwrap_or(30).max(1));
+    let start_at = match flags.get("--start-at-ms").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return usage("--start-at-ms needs milliseconds since the epoch"),
+    };
 
     let dry_run = op == "reconcile" && rest.iter().any(|a| a == "--dry-run");
     if dry_run {
@@ -189,6 +197,12 @@ fn main() -> ExitCode {
     }
     let result = (|| -> rbd_driver::Result<Value> {
         let d = Driver::new(cfg)?;
+        if let Some(at) = start_at {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            std::thread::sleep(Duration::from_millis(at.saturating_sub(now).min(60_000)));
+        }
         let arg = |i: usize| {
             rest.get(i).cloned().ok_or_else(|| {
                 rbd_driver::DriverError::invalid("arguments", rest.join(" "), "too few")

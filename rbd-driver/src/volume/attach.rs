@@ -198,6 +198,7 @@ impl Driver {
             claim: None,
             device: None,
             client_addr: None,
+            cleaned_locks: Vec::new(),
             timings,
         };
         let mut keep_ids = std::collections::BTreeSet::new();
@@ -298,8 +299,19 @@ impl Driver {
             // The registry is ours now; a client it does not know about (a process on
             // some host that opened the image directly) still blocks a read-write map.
             let image = self.open(name, loc, true)?;
-            let w = self.foreign_watchers(&image)?;
-            let owners = self.lock_holders(&image);
+            let mut w = self.foreign_watchers(&image)?;
+            let mut owners = self.lock_holders(&image);
+            if !w.is_empty() || !owners.is_empty() {
+                // Clients on the blocklist are fenced: their watches go, and a lock they
+                // left behind is broken (they can never use it again).
+                let fenced = self.break_fenced_locks(name, loc)?;
+                if !fenced.is_empty() {
+                    report.cleaned_locks = fenced;
+                    let image = self.open(name, loc, true)?;
+                    w = self.foreign_watchers(&image)?;
+                    owners = self.lock_holders(&image);
+                }
+            }
             if !w.is_empty() || !owners.is_empty() {
                 let mut detail = Vec::new();
                 if !w.is_empty() {
@@ -445,6 +457,56 @@ impl Driver {
         }
         v.phase = Phase::Mounted;
         self.put_volume(name, v)
+    }
+
+    /// Breaks the exclusive lock of the volume's image when its owner is on the OSD
+    /// blocklist (a fenced client never gets its session back), and returns the owners
+    /// whose locks were broken. Watchers on the blocklist are dropped by the OSDs.
+    fn break_fenced_locks(&self, name: &str, loc: &super::driver::Located) -> Result<Vec<String>> {
+        let blocklist = self
+            .rados
+            .blocklist_ls()
+            .map_err(|e| DriverError::ceph("reading the OSD blocklist", e))?;
+        let img = self.open(name, loc, false)?;
+        let owners = img.lock_get_owners().map(|o| o.owners).unwrap_or_default();
+        let mut broke = Vec::new();
+        for o in owners {
+            let Ok(addr) = o.parse::<EntityAddr>() else {
+                continue;
+            };
+            if crate::cluster::reconcile::blocklist_match(&addr, &blocklist).is_none() {
+                continue;
+            }
+            match img.lock_break(rbd_core::rbd::LockMode::Exclusive, &o) {
+                Ok(()) => {
+                    tracing::warn!(
+                        "volume {name}: broke the exclusive lock of fenced client {o}"
+                    );
+                    broke.push(o);
+                }
+                Err(e) if e.kind() == rbd_core::ErrorKind::Busy => {}
+                Err(e) => {
+                    return Err(DriverError::ceph(
+                        format!("breaking the exclusive lock of fenced client {o} on {name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        if !broke.is_empty() {
+            // The watches of blocklisted clients are dropped by the OSDs shortly.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let w = self.foreign_watchers(&img)?;
+                if w.iter().all(|w| {
+                    crate::cluster::reconcile::blocklist_match(&w.addr, &blocklist).is_none()
+                }) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(broke)
     }
 
     /// Whether the device is larger (by 1 MiB or more) than the filesystem on it (the

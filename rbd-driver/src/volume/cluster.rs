@@ -58,6 +58,8 @@ pub struct AttachReport {
     pub device: Option<PathBuf>,
     /// The mapping's exact client address (what fencing this node's hold blocklists).
     pub client_addr: Option<EntityAddr>,
+    /// Exclusive locks left by fenced (blocklisted) clients, broken before mapping.
+    pub cleaned_locks: Vec<String>,
     /// How long each step took.
     pub timings: AttachTimings,
 }
