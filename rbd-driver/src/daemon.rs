@@ -368,13 +368,8 @@ impl NodeDaemon {
             let _ = t.join();
         }
         self.inner.driver.set_pool_hook(None);
-        let servers = std::mem::take(
-            &mut *self
-                .inner
-                .servers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let servers =
+            std::mem::take(&mut *self.inner.servers.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, s) in servers {
             s.stop();
         }

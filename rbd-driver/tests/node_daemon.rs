@@ -21,7 +21,9 @@ use rbd_driver::cluster::{
 use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
 use rbd_driver::mapper;
 use rbd_driver::volume::{AccessMode, Driver, DriverConfig, ReconcileOptions};
-use volume_support::attach::{assert_detached, mappings, mount_at, node_config, pid_alive, sha256, write_file};
+use volume_support::attach::{
+    assert_detached, mappings, mount_at, node_config, pid_alive, sha256, write_file,
+};
 use volume_support::{Env, POOL, env, spec};
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -107,7 +109,12 @@ fn release_requests_are_answered_from_the_drivers_state() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(mount_at(&mp).is_some());
-    let entry = a.driver.status(&name).unwrap().registry.expect("registered");
+    let entry = a
+        .driver
+        .status(&name)
+        .unwrap()
+        .registry
+        .expect("registered");
     let h = &entry.holders[0];
     assert_eq!(h.node.as_str(), "test-a");
     assert_eq!(h.mode, Mode::Rw);
@@ -177,11 +184,13 @@ fn a_fenced_mapper_that_exited_is_found_through_the_state_file_and_cleaned() {
     assert!(mount_at(&mp).is_some(), "the filesystem stays mounted");
 
     // A dry run reports the device as stale (its mapper is gone), changing nothing.
-    let dry = a.driver.reconcile(&ReconcileOptions {
-        dry_run: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let dry = a
+        .driver
+        .reconcile(&ReconcileOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .unwrap();
     let c = dry
         .check
         .checks
@@ -194,7 +203,11 @@ fn a_fenced_mapper_that_exited_is_found_through_the_state_file_and_cleaned() {
             .any(|r| matches!(r, StaleReason::MapperGone { device } if *device == m.device)),
         "{c:?}"
     );
-    assert!(dry.summary().iter().any(|l| l.contains("mapper process")), "{:?}", dry.summary());
+    assert!(
+        dry.summary().iter().any(|l| l.contains("mapper process")),
+        "{:?}",
+        dry.summary()
+    );
     assert!(mount_at(&mp).is_some());
     assert!(env.state(&a.cfg).volumes.contains_key(&name));
 
@@ -214,9 +227,9 @@ fn a_fenced_mapper_that_exited_is_found_through_the_state_file_and_cleaned() {
     let r = a.driver.attach_with_report(&name, "ctr-2", None).unwrap();
     assert_eq!(r.mountpoint, mp);
     assert!(
-        r.cleaned_locks
-            .iter()
-            .any(|o| o.parse::<EntityAddr>().is_ok_and(|x| x.same_instance(&addr))),
+        r.cleaned_locks.iter().any(|o| o
+            .parse::<EntityAddr>()
+            .is_ok_and(|x| x.same_instance(&addr))),
         "{r:?}"
     );
     let m2 = mappings(&a.cfg, POOL, &image.image_id).remove(0);
@@ -246,7 +259,10 @@ fn reconcile_repairs_the_registry_and_cleans_devices_other_nodes_hold() {
         e.holders[0].client_addr,
         mappings(&a.cfg, POOL, &image.image_id)[0].client_addr
     );
-    assert_eq!(e.holders[0].mount_ids.iter().collect::<Vec<_>>(), vec!["ctr-1"]);
+    assert_eq!(
+        e.holders[0].mount_ids.iter().collect::<Vec<_>>(),
+        vec!["ctr-1"]
+    );
     // A record of this node for an image it does not map is removed.
     let other = ImageRef::new(POOL, "", "not-mapped-here", "feedface1234");
     reg.register(&other, HolderRecord::new(a.driver.node().clone(), Mode::Rw))
@@ -276,13 +292,20 @@ fn reconcile_repairs_the_registry_and_cleans_devices_other_nodes_hold() {
             .any(|r| matches!(r, StaleReason::HeldByOther { nodes, .. } if nodes[0].as_str() == "elsewhere")),
         "{cleaned:?}"
     );
-    assert!(cleaned.log_line.contains("registered rw to node elsewhere"), "{}", cleaned.log_line);
+    assert!(
+        cleaned.log_line.contains("registered rw to node elsewhere"),
+        "{}",
+        cleaned.log_line
+    );
     assert_detached(&env, &a.cfg, &name, &image.image_id, &[]);
     // The other node's record is never touched.
     let e = reg.get(&image).unwrap().unwrap();
     assert_eq!(e.holders.len(), 1);
     assert_eq!(e.holders[0].node.as_str(), "elsewhere");
-    assert!(reg.unregister(&image, &"elsewhere".parse().unwrap()).unwrap());
+    assert!(
+        reg.unregister(&image, &"elsewhere".parse().unwrap())
+            .unwrap()
+    );
     a.driver.remove(&name, false).unwrap();
 }
 
@@ -293,7 +316,10 @@ fn create_after_a_remove_elsewhere_cleans_the_old_device_by_id() {
     let b = start(&env, "b");
     let name = env.name("reuse");
     let old = a.driver.create(&name, &spec(&[("size", "32M")])).unwrap();
-    let mp = a.driver.attach(&name, "ctr-1", Some(AccessMode::ReadWrite)).unwrap();
+    let mp = a
+        .driver
+        .attach(&name, "ctr-1", Some(AccessMode::ReadWrite))
+        .unwrap();
     write_file(&mp.join("old"), 1 << 20, 1);
     let old_map = mappings(&a.cfg, POOL, &old.image_id).remove(0);
     // A's daemon dies; its mapper keeps running (a long watchdog period would hide the
@@ -354,7 +380,10 @@ fn attach_reports_steps_and_the_check_finds_nothing_stale_when_all_is_current() 
     assert_eq!(claim.entry.holders[0].node.as_str(), "test-a");
     assert!(r.client_addr.is_some() && r.device.is_some());
     let t = r.timings;
-    assert!(t.total_ms >= t.check_ms + t.claim_ms + t.map_ms + t.mount_ms, "{t:?}");
+    assert!(
+        t.total_ms >= t.check_ms + t.claim_ms + t.map_ms + t.mount_ms,
+        "{t:?}"
+    );
     // A second mount ID shares the mount: no claim; the registry lists both mount IDs.
     let r2 = a.driver.attach_with_report(&name, "ctr-2", None).unwrap();
     assert!(r2.shared && r2.claim.is_none());
@@ -373,7 +402,10 @@ fn attach_reports_steps_and_the_check_finds_nothing_stale_when_all_is_current() 
     assert_eq!(c.verdict, Verdict::Current);
     a.driver.detach(&name, "ctr-1").unwrap();
     let e = a.driver.status(&name).unwrap().registry.unwrap();
-    assert_eq!(e.holders[0].mount_ids.iter().collect::<Vec<_>>(), vec!["ctr-2"]);
+    assert_eq!(
+        e.holders[0].mount_ids.iter().collect::<Vec<_>>(),
+        vec!["ctr-2"]
+    );
     a.driver.detach(&name, "ctr-2").unwrap();
     assert!(a.driver.status(&name).unwrap().registry.is_none());
     a.driver.remove(&name, false).unwrap();

@@ -60,7 +60,10 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// Runs `f` on a thread and waits at most `limit` for it (`None`: it did not return; the
 /// thread is left behind). For file I/O on a node's mount that may block while its
 /// cluster is unreachable.
-fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+fn bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -231,16 +234,18 @@ impl World {
     /// Whether image id `id` exists in the pool (`rbd ls` by id).
     fn image_exists(&self, id: &str) -> bool {
         let io = self.admin.ioctx(POOL).unwrap();
-        rbd_core::rbd::list(&io)
-            .unwrap()
-            .iter()
-            .any(|s| s.id == id)
+        rbd_core::rbd::list(&io).unwrap().iter().any(|s| s.id == id)
     }
 
     fn watchers(&self, id: &str) -> Vec<EntityAddr> {
         let io = self.admin.ioctx(POOL).unwrap();
         match Image::open_by_id(&io, id, &OpenOptions::new().read_only(true)) {
-            Ok(img) => img.watchers().unwrap().into_iter().map(|w| w.addr).collect(),
+            Ok(img) => img
+                .watchers()
+                .unwrap()
+                .into_iter()
+                .map(|w| w.addr)
+                .collect(),
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(e) => panic!("opening image {id}: {e}"),
         }
@@ -480,7 +485,11 @@ fn seed_004_remove_on_b_while_a_is_dead_then_recreate() {
     let a_addr = addr(&ma["client_addr"]);
     let a_dev = PathBuf::from(ma["device"].as_str().unwrap());
     let ha = e.holder(&"n1".parse().unwrap()).unwrap();
-    assert_eq!(ha.client_addr, Some(a_addr), "the exact client address is recorded");
+    assert_eq!(
+        ha.client_addr,
+        Some(a_addr),
+        "the exact client address is recorded"
+    );
     assert_eq!(ha.device.as_deref(), Some(a_dev.as_path()));
     assert_eq!(ha.mount_ids.iter().collect::<Vec<_>>(), vec!["m-ra"]);
     // (Read-only opens do not watch the image header: the registry's addresses are what
@@ -495,15 +504,25 @@ fn seed_004_remove_on_b_while_a_is_dead_then_recreate() {
     )
     .unwrap();
     da.kill9();
-    assert!(mounted(&mp_a), "A's filesystem stays mounted on its dead device");
+    assert!(
+        mounted(&mp_a),
+        "A's filesystem stays mounted on its dead device"
+    );
 
     // v is removed from B (B detaches its own mount first): A does not answer, so its
     // mapping's exact address is fenced, and the remove goes through.
     let t = Instant::now();
     b.ok(&["remove", v, "--force"]);
     timing("s1-kill", "remove-on-b-with-fencing", t.elapsed());
-    assert!(!w.image_exists(&id1), "rbd ls still lists the removed image");
-    assert!(w.entry(&id1).is_none(), "registry entry left: {:?}", w.entry(&id1));
+    assert!(
+        !w.image_exists(&id1),
+        "rbd ls still lists the removed image"
+    );
+    assert!(
+        w.entry(&id1).is_none(),
+        "registry entry left: {:?}",
+        w.entry(&id1)
+    );
     assert!(w.blocklisted(&a_addr), "A's mapping {a_addr} is not fenced");
     let f = w.fences_of(&id1);
     assert_eq!(f.len(), 1, "{f:?}");
@@ -672,10 +691,7 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
     let sum1 = write_synced(&mp_a.join("synced"), 4 << 20, 5);
     let ma = local_mapping(&a, v);
     let a_addr = addr(&ma["client_addr"]);
-    assert_eq!(
-        w.entry(&id).unwrap().holders[0].client_addr,
-        Some(a_addr)
-    );
+    assert_eq!(w.entry(&id).unwrap().holders[0].client_addr, Some(a_addr));
     let bl_before = w.blocklist();
 
     // A is partitioned; then it writes more (page cache only: it cannot reach the OSDs).
@@ -727,8 +743,15 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
         "{rec}"
     );
     let mp_b = PathBuf::from(r["mountpoint"].as_str().unwrap());
-    assert_eq!(sha256(&mp_b.join("synced")), sum1, "B must see A's fsynced data");
-    assert!(!mp_b.join("late").exists(), "A's unsynced write must not reach B");
+    assert_eq!(
+        sha256(&mp_b.join("synced")),
+        sum1,
+        "B must see A's fsynced data"
+    );
+    assert!(
+        !mp_b.join("late").exists(),
+        "A's unsynced write must not reach B"
+    );
     // The cluster: A's exact mapping address blocklisted (nothing else new), the fence
     // logged, B the only holder, only B's mapper watching.
     let new: Vec<EntityAddr> = w
@@ -786,7 +809,10 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
     let files = files_in_image(&img, &scratch);
     assert_eq!(files.get("synced"), Some(&sum1), "{files:?}");
     assert_eq!(files.get("from-b"), Some(&sum_b), "{files:?}");
-    assert!(!files.contains_key("late"), "A's late write landed: {files:?}");
+    assert!(
+        !files.contains_key("late"),
+        "A's late write landed: {files:?}"
+    );
 }
 
 /// Scenario 3: A and B attach `v` read-write at the same moment, several rounds:
@@ -829,18 +855,17 @@ fn race_for_read_write_has_exactly_one_winner() {
                 .unwrap()
         };
         let (pa, pb) = (spawn(&a), spawn(&b));
-        let (oa, ob) = (pa.wait_with_output().unwrap(), pb.wait_with_output().unwrap());
+        let (oa, ob) = (
+            pa.wait_with_output().unwrap(),
+            pb.wait_with_output().unwrap(),
+        );
         let ra = parse("n1", &["attach"], &oa.stdout, &oa.stderr);
         let rb = parse("n2", &["attach"], &ob.stdout, &ob.stderr);
         assert!(
             ra.0 ^ rb.0,
             "round {round}: exactly one must win: n1 {ra:?}, n2 {rb:?}"
         );
-        let (winner, loser, err) = if ra.0 {
-            (&a, &b, rb.1)
-        } else {
-            (&b, &a, ra.1)
-        };
+        let (winner, loser, err) = if ra.0 { (&a, &b, rb.1) } else { (&b, &a, ra.1) };
         let err = err.as_str().unwrap().to_owned();
         eprintln!("round {round}: {} won; {} got: {err}", winner.id, loser.id);
         assert!(

@@ -101,7 +101,9 @@ impl CliError {
                 rbd_driver::DriverError::InvalidInput { .. } => return exit::USAGE,
                 rbd_driver::DriverError::NoSuchVolume(_) => return exit::NOT_FOUND,
                 rbd_driver::DriverError::VolumeExists(_) => return exit::EXISTS,
-                rbd_driver::DriverError::InUse { .. } => return exit::BUSY,
+                rbd_driver::DriverError::InUse { .. } | rbd_driver::DriverError::Held { .. } => {
+                    return exit::BUSY;
+                }
                 rbd_driver::DriverError::Timeout { .. } => return exit::UNAVAILABLE,
                 _ => e.ceph_kind(),
             },

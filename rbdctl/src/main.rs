@@ -9,6 +9,10 @@
 //! rbdctl clone db1@before-upgrade db1-test
 //! rbdctl export db1@before-upgrade - | gzip > db1.img.gz
 //! rbdctl fence ls
+//! rbdctl registry ls
+//! rbdctl watchers db1
+//! rbdctl reconcile --dry-run
+//! rbdctl daemon            # the node daemon, on hosts that use only the CLI
 //! ```
 
 // Doc comments on the argument types are clap's help text and use rbd's spec notation,
@@ -146,9 +150,24 @@ pub enum Command {
     /// Enable or disable image features (exclusive-lock, object-map, fast-diff, ...).
     #[command(subcommand)]
     Feature(cmd::image::FeatureCmd),
-    /// Blocklist (fence) client addresses: ls, add, rm.
+    /// Fencing: the blocklist and the fence log (ls, add, rm), and fencing an image's
+    /// clients by hand (image).
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
+    /// The cluster-wide mapping registry: who maps which image (by id), rw or ro, with
+    /// device, exact client address and mount IDs.
+    #[command(subcommand)]
+    Registry(cmd::cluster::RegistryCmd),
+    /// An image's clients: watchers, lock owner, registry holders (node, device, mount
+    /// IDs) and whether each is fenced.
+    Watchers(cmd::cluster::WatchersArgs),
+    /// Run the reconcile check on this node: every local mapping against the cluster
+    /// (image gone, held by another node, client blocklisted, mapper gone), cleaning what
+    /// is stale (unless --dry-run).
+    Reconcile(cmd::node::ReconcileArgs),
+    /// Run the node daemon (for hosts that use only the CLI; the Docker plugin runs its
+    /// own): answer other nodes' release requests, reconcile periodically.
+    Daemon(cmd::node::DaemonArgs),
     /// Measure I/O on an image, like `rbd bench` (writes change its data).
     Bench(cmd::bench::BenchArgs),
     /// Print library and cluster versions.
@@ -231,6 +250,10 @@ fn run(cli: &Cli) -> CliResult {
         Command::Trash(c) => cmd::trash::run(cli, c),
         Command::Feature(c) => cmd::image::feature(cli, c),
         Command::Fence(c) => cmd::fence::run(cli, c),
+        Command::Registry(c) => cmd::cluster::registry(cli, c),
+        Command::Watchers(a) => cmd::cluster::watchers(cli, a),
+        Command::Reconcile(a) => cmd::node::reconcile(cli, a),
+        Command::Daemon(a) => cmd::node::daemon(cli, a),
         Command::Bench(a) => cmd::bench::bench(cli, a),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {

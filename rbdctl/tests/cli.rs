@@ -58,6 +58,10 @@ fn help_documents_every_exit_code_and_command() {
         "trash",
         "feature",
         "fence",
+        "registry",
+        "watchers",
+        "reconcile",
+        "daemon",
         "bench",
         "completions",
     ] {

@@ -160,7 +160,10 @@ fn main() -> ExitCode {
     let secs = |k: &str| -> Result<Option<u64>, String> {
         flags
             .get(k)
-            .map(|v| v.parse::<u64>().map_err(|_| format!("{k} {v:?} is not a number")))
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k} {v:?} is not a number"))
+            })
             .transpose()
     };
     let (ping, io, timeout, interval) = match (

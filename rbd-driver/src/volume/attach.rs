@@ -189,7 +189,8 @@ impl Driver {
         };
         let current = Self::image_ref(&loc.entry.entry);
         let tc = Instant::now();
-        let cleaned = self.reconcile_name(name, &current.pool, &current.namespace, Some(&current))?;
+        let cleaned =
+            self.reconcile_name(name, &current.pool, &current.namespace, Some(&current))?;
         timings.check_ms = ms(tc);
         let mut report = AttachReport {
             mountpoint: self.mountpoint_of(name),
@@ -269,7 +270,15 @@ impl Driver {
         let claim = self.claim_image(name, &current, read_only, protect)?;
         report.timings.claim_ms = ms(tc);
         report.claim = Some(claim);
-        let res = self.attach_claimed(name, &loc, &meta, read_only, keep_ids, &current, &mut report);
+        let res = self.attach_claimed(
+            name,
+            &loc,
+            &meta,
+            read_only,
+            keep_ids,
+            &current,
+            &mut report,
+        );
         match res {
             Ok(()) => {
                 report.timings.total_ms = ms(t0);
@@ -479,9 +488,7 @@ impl Driver {
             }
             match img.lock_break(rbd_core::rbd::LockMode::Exclusive, &o) {
                 Ok(()) => {
-                    tracing::warn!(
-                        "volume {name}: broke the exclusive lock of fenced client {o}"
-                    );
+                    tracing::warn!("volume {name}: broke the exclusive lock of fenced client {o}");
                     broke.push(o);
                 }
                 Err(e) if e.kind() == rbd_core::ErrorKind::Busy => {}

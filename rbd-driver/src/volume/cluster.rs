@@ -167,8 +167,16 @@ impl NodeReconcileReport {
             }
         }
         out.extend(self.cleaned.iter().map(|c| c.log_line.clone()));
-        out.extend(self.reregistered.iter().map(|r| format!("re-registered {r}")));
-        out.extend(self.unregistered.iter().map(|r| format!("unregistered {r}")));
+        out.extend(
+            self.reregistered
+                .iter()
+                .map(|r| format!("re-registered {r}")),
+        );
+        out.extend(
+            self.unregistered
+                .iter()
+                .map(|r| format!("unregistered {r}")),
+        );
         out.extend(self.foreign.iter().map(|r| format!("left alone: {r}")));
         out.extend(self.busy.iter().map(|b| format!("busy (skipped): {b}")));
         if self.pruned_fences > 0 {
@@ -504,7 +512,9 @@ impl Driver {
                     tracing::warn!(node = %self.node(), "{line}");
                     report.log_line.push_str(&format!("; {line}"));
                 }
-                Err(e) => report.errors.push(format!("dropping state entry {name}: {e}")),
+                Err(e) => report
+                    .errors
+                    .push(format!("dropping state entry {name}: {e}")),
             }
         }
         Ok(report)
@@ -857,7 +867,9 @@ impl Driver {
             for p in &pools {
                 match self.cluster.registry(p).and_then(|r| r.prune_fences()) {
                     Ok(n) => out.pruned_fences += n,
-                    Err(e) => out.errors.push(format!("pruning the fence log of {p}: {e}")),
+                    Err(e) => out
+                        .errors
+                        .push(format!("pruning the fence log of {p}: {e}")),
                 }
             }
         }
@@ -869,9 +881,7 @@ impl Driver {
     }
 
     /// This node's registry records, by pool (for status displays).
-    pub fn registrations(
-        &self,
-    ) -> Result<BTreeMap<String, Vec<crate::cluster::RegistryEntry>>> {
+    pub fn registrations(&self) -> Result<BTreeMap<String, Vec<crate::cluster::RegistryEntry>>> {
         let mut out = BTreeMap::new();
         for p in self.served_pools()? {
             out.insert(p.clone(), self.cluster.registry(&p)?.held_by(self.node())?);

@@ -2,10 +2,12 @@
 
 pub mod bench;
 pub mod clone;
+pub mod cluster;
 pub mod fence;
 pub mod image;
 pub mod lock;
 pub mod meta;
+pub mod node;
 pub mod snap;
 pub mod transfer;
 pub mod trash;
