@@ -33,6 +33,12 @@
 //!
 //! # Wiring into the node daemon and the volume driver
 //!
+//! Implemented by [`crate::volume`] (the driver's attach, detach, create, remove, release
+//! and reconcile paths, see its `cluster` wiring and [`Driver::reconcile`]) and
+//! [`crate::daemon::NodeDaemon`]; `docs/cluster.md` in the repository gives the overview.
+//!
+//! [`Driver::reconcile`]: crate::volume::Driver::reconcile
+//!
 //! * **Daemon start**: `Cluster::new(daemon_connection, ClusterConfig::new(node_id))`
 //!   (the daemon's own connection, never a mapping's: mappings are the ones fenced). For
 //!   every pool with volumes: [`Cluster::serve`] with a [`ReleaseHandler`] that asks the
