@@ -34,7 +34,7 @@ pub struct NodeArgs {
         default_value = "/var/lib/rbd-volumes"
     )]
     pub state_dir: PathBuf,
-    /// Where volumes are mounted (default: <state-dir>/mounts).
+    /// Where volumes are mounted (default: STATE_DIR/mounts).
     #[arg(long = "mount-root", env = "RBD_VOLUMES_MOUNT_ROOT")]
     pub mount_root: Option<PathBuf>,
     /// The mappers' runtime directory.
