@@ -77,12 +77,17 @@ pub(super) fn thaw(mountpoint: &Path) -> bool {
 impl Driver {
     /// Removes a volume: its image (with its metadata) and its index entry.
     ///
+    /// First this node's stale devices of the volume are cleaned (reconcile), then the
+    /// image is claimed read-write cluster-wide: a node holding it is asked to release it
+    /// and refuses while it uses it ([`DriverError::InUse`] naming the node and its mount
+    /// IDs); a holder that does not answer (dead or partitioned) is fenced.
+    ///
     /// Refused with [`DriverError::InUse`] while it is attached on this node (naming the
-    /// node, mountpoint and mount IDs), while any other client has the image open (naming
-    /// each client and its address: another node, or a process on this one), and while it
-    /// has snapshots. With `force`, this node's attachment is detached first and unused
-    /// snapshots are removed (unprotected if needed); clients elsewhere are never forced
-    /// away (fence them first), and snapshots with clones are never removed.
+    /// node, mountpoint and mount IDs), while a node in the registry uses it, while any
+    /// other client the registry does not know has the image open (naming each client and
+    /// its address), and while it has snapshots. With `force`, this node's attachment is
+    /// detached first and unused snapshots are removed (unprotected if needed); other
+    /// nodes' mounts are never forced away, and snapshots with clones are never removed.
     ///
     /// The removal is recorded before its first change, so a crash is finished by
     /// recovery.
