@@ -81,10 +81,17 @@ impl Drop for Cleanup {
 struct Args {
     runs: usize,
     depth: usize,
+    only: Option<String>,
+    options: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args { runs: 3, depth: 16 };
+    let mut a = Args {
+        runs: 3,
+        depth: 16,
+        only: None,
+        options: Vec::new(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> anyhow::Result<usize> {
@@ -95,8 +102,21 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--runs" => a.runs = value("--runs")?,
             "--depth" => a.depth = value("--depth")?,
+            "--only" => a.only = Some(it.next().context("--only needs a workload name")?),
+            "--option" => {
+                let kv = it.next().context("--option needs KEY=VALUE")?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--option {kv:?}: expected KEY=VALUE"))?;
+                a.options.push((k.to_owned(), v.to_owned()));
+            }
             "-h" | "--help" => {
-                println!("usage: compare_rbd_bench [--runs N (3)] [--depth D (16)]");
+                println!(
+                    "usage: compare_rbd_bench [--runs N (3)] [--depth D (16)] [--only WORKLOAD] \
+                     [--option KEY=VALUE]...\n\
+                     WORKLOAD is a substring of a row name, e.g. \"4K rand\"; each --option \
+                     is a Ceph option for our connection only"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -133,7 +153,11 @@ fn main() -> anyhow::Result<()> {
     if !conf.is_file() {
         bail!("CEPH_CONF={} does not exist", conf.display());
     }
-    let rados = Rados::connect(&ConnectOptions::new().conf_file(&conf))?;
+    let mut opts = ConnectOptions::new().conf_file(&conf);
+    for (k, v) in &args.options {
+        opts = opts.option(k, v);
+    }
+    let rados = Rados::connect(&opts)?;
     let io = rados.ioctx(POOL)?;
     let name = testkit::unique("bench-compare");
     rbd::create(&io, &name, IMAGE_SIZE, &ImageOptions::new())?;
@@ -181,6 +205,9 @@ fn main() -> anyhow::Result<()> {
     let limit = Duration::from_secs(600);
     let mut rows = Vec::new();
     for (wi, w) in WORKLOADS.iter().enumerate() {
+        if args.only.as_deref().is_some_and(|o| !w.name.contains(o)) {
+            continue;
+        }
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for run in 0..args.runs {
