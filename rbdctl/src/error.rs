@@ -220,6 +220,73 @@ mod tests {
     }
 
     #[test]
+    fn driver_errors_map_to_documented_codes() {
+        use rbd_driver::DriverError as D;
+        let d = |e: D| CliError::Driver(e).exit_code();
+        assert_eq!(d(D::invalid("size", "2Q", "bad")), exit::USAGE);
+        assert_eq!(d(D::NoSuchVolume("v".into())), exit::NOT_FOUND);
+        assert_eq!(d(D::VolumeExists("v".into())), exit::EXISTS);
+        let in_use = || D::InUse {
+            volume: "v".into(),
+            detail: "mount IDs a".into(),
+        };
+        assert_eq!(d(in_use()), exit::BUSY);
+        assert_eq!(
+            d(D::Held {
+                image: "rbd/v".into(),
+                node: "n2".into(),
+                mode: "rw".into(),
+                mount_ids: vec![],
+            }),
+            exit::BUSY
+        );
+        assert_eq!(
+            d(D::Timeout {
+                what: "x".into(),
+                secs: 1
+            }),
+            exit::UNAVAILABLE
+        );
+        let ceph = |errno| {
+            D::ceph(
+                "x",
+                Error::from_errno("rados_connect", errno, Context::none()),
+            )
+        };
+        assert_eq!(d(ceph(libc::ETIMEDOUT)), exit::UNAVAILABLE);
+        assert_eq!(d(ceph(libc::ESHUTDOWN)), exit::UNAVAILABLE);
+        assert_eq!(d(ceph(libc::ENOENT)), exit::NOT_FOUND);
+        assert_eq!(
+            d(D::CleanupFailed {
+                op: "attaching".into(),
+                cleanup: "unmap failed".into(),
+                source: Box::new(in_use()),
+            }),
+            exit::BUSY
+        );
+        let fs = |e| D::fs("x", e);
+        assert_eq!(
+            d(fs(fs_format::Error::Unmount {
+                target: "/mnt".into(),
+                lazy: false,
+                source: nix::errno::Errno::EBUSY,
+            })),
+            exit::BUSY
+        );
+        assert_eq!(
+            d(fs(fs_format::Error::UnsupportedFsType("zfs".into()))),
+            exit::USAGE
+        );
+        assert_eq!(
+            d(D::BackendUnavailable {
+                backend: rbd_driver::mapper::Backend::Krbd,
+                reason: "no module".into(),
+            }),
+            exit::FAILURE
+        );
+    }
+
+    #[test]
     fn io_kinds() {
         let e = |k| CliError::io("x", std::io::Error::from(k));
         assert_eq!(e(std::io::ErrorKind::NotFound).exit_code(), exit::NOT_FOUND);

@@ -38,7 +38,7 @@ pub struct NodeArgs {
     /// Volume state directory (state file and locks). Default /var/lib/rbd-volumes.
     #[arg(long, global = true, env = "RBD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Volumes are mounted at <MOUNT_ROOT>/<name>. Default /var/lib/rbd-volumes/mounts.
+    /// Volumes are mounted at MOUNT_ROOT/NAME. Default /var/lib/rbd-volumes/mounts.
     #[arg(long, global = true, env = "RBD_MOUNT_ROOT", value_name = "DIR")]
     pub mount_root: Option<PathBuf>,
     /// Mapper runtime directory (mapping records, FUSE mountpoints). Default /run/rbd-volumes.
@@ -56,7 +56,7 @@ pub struct NodeArgs {
     /// The rbd-nbd binary.
     #[arg(long, global = true, env = "RBD_NBD_BIN", value_name = "PATH")]
     pub nbd_bin: Option<PathBuf>,
-    /// A node-wide volume default, KEY=VALUE (repeatable; overrides RBD_DEFAULT_<KEY>).
+    /// A node-wide volume default, KEY=VALUE (repeatable; overrides the RBD_DEFAULT_KEY variables).
     #[arg(long = "default", global = true, value_name = "KEY=VALUE")]
     pub defaults: Vec<String>,
 }
@@ -225,6 +225,23 @@ mod tests {
         let e = parse_options("-o", &["size".into()]).unwrap_err();
         assert!(e.to_string().contains("\"size\""), "{e}");
         assert!(parse_options("-o", &["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_drivers() {
+        let want = DriverConfig::new(CephAuth {
+            conf: "/etc/ceph/ceph.conf".into(),
+            id: "admin".into(),
+            keyring: None,
+        });
+        let n = NodeArgs::default();
+        assert_eq!(n.state_dir(), want.state_dir);
+        assert_eq!(n.mapper(), want.mapper);
+        assert_eq!(n.backend().unwrap(), want.backend);
+        let d = VolumeDefaults::default()
+            .with_options(&parse_options("--default", &[]).unwrap())
+            .unwrap();
+        assert_eq!(d, want.defaults);
     }
 
     #[test]

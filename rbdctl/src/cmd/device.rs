@@ -125,9 +125,8 @@ pub struct MapFlags {
 pub fn parse_map_options(items: &[String]) -> CliResult<(MapOptions, MapFlags)> {
     let mut o = MapOptions::default();
     let mut f = MapFlags::default();
-    let bad = |opt: &str, reason: &str| {
-        CliError::Usage(format!("invalid map option {opt:?}: {reason}"))
-    };
+    let bad =
+        |opt: &str, reason: &str| CliError::Usage(format!("invalid map option {opt:?}: {reason}"));
     let num = |opt: &str, v: &str| -> CliResult<u32> {
         v.parse::<u32>()
             .ok()
@@ -162,7 +161,9 @@ pub fn parse_map_options(items: &[String]) -> CliResult<(MapOptions, MapFlags)> 
                 _ => {
                     return Err(bad(
                         opt,
-                        &format!("unknown option or missing/extra value; allowed: {MAP_OPTION_KEYS}"),
+                        &format!(
+                            "unknown option or missing/extra value; allowed: {MAP_OPTION_KEYS}"
+                        ),
                     ));
                 }
             }
@@ -207,7 +208,8 @@ pub fn resolve(cli: &Cli, spec: &Spec) -> CliResult<(Resolved, Image)> {
     if let Some(s) = &spec.snap {
         opts = opts.snapshot(s.clone());
     }
-    let image = Image::open(&io, &spec.image, &opts).context(|| format!("opening {}", spec.display(cli)))?;
+    let image = Image::open(&io, &spec.image, &opts)
+        .context(|| format!("opening {}", spec.display(cli)))?;
     let image_id = image
         .id()
         .context(|| format!("reading the id of {}", spec.display(cli)))?;
@@ -411,7 +413,10 @@ pub fn check_unmappable(
         )));
     }
     let mounts = fs_format::mounts_of_device(&m.device).map_err(|e| {
-        rbd_driver::DriverError::fs(format!("looking up the mounts of {}", m.device.display()), e)
+        rbd_driver::DriverError::fs(
+            format!("looking up the mounts of {}", m.device.display()),
+            e,
+        )
     })?;
     if !mounts.is_empty() {
         let at: Vec<String> = mounts
@@ -455,7 +460,10 @@ pub fn unmap(cli: &Cli, node: &NodeArgs, a: &UnmapArgs) -> CliResult {
             ));
         }
         let dev = canon(Path::new(&a.target));
-        let found: Vec<Mapping> = all.into_iter().filter(|m| canon(&m.device) == dev).collect();
+        let found: Vec<Mapping> = all
+            .into_iter()
+            .filter(|m| canon(&m.device) == dev)
+            .collect();
         if found.is_empty() {
             return Err(CliError::NotFound(format!(
                 "no mapping on this host uses {} (see rbdctl device list)",
@@ -591,16 +599,22 @@ mod tests {
 
     #[test]
     fn map_options() {
-        let (o, f) = parse_map_options(&["queue_depth=64,lock_on_read".into(), "ro".into()])
-            .unwrap();
+        let (o, f) =
+            parse_map_options(&["queue_depth=64,lock_on_read".into(), "ro".into()]).unwrap();
         assert_eq!(o.queue_depth, Some(64));
         assert!(o.lock_on_read && o.noshare && f.read_only && !f.exclusive);
-        let (o, f) = parse_map_options(&["share,exclusive,io_timeout=30,ms_mode=crc".into()])
-            .unwrap();
+        let (o, f) =
+            parse_map_options(&["share,exclusive,io_timeout=30,ms_mode=crc".into()]).unwrap();
         assert!(!o.noshare && f.exclusive);
         assert_eq!(o.io_timeout_secs, Some(30));
         assert_eq!(o.ms_mode.as_deref(), Some("crc"));
-        for bad in ["bogus", "queue_depth=0", "queue_depth", "ms_mode=fast", "noshare=1"] {
+        for bad in [
+            "bogus",
+            "queue_depth=0",
+            "queue_depth",
+            "ms_mode=fast",
+            "noshare=1",
+        ] {
             let e = parse_map_options(&[bad.into()]).unwrap_err();
             assert_eq!(e.exit_code(), crate::error::exit::USAGE);
             assert!(e.to_string().contains(bad), "{e}");

@@ -84,7 +84,7 @@ pub struct MountArgs {
     /// Mount read-only (a snapshot always is).
     #[arg(long, alias = "ro")]
     pub read_only: bool,
-    /// (volume) The mount ID holding the volume (default rbdctl:<path>).
+    /// (volume) The mount ID holding the volume (default rbdctl:PATH, from the path).
     #[arg(long)]
     pub mount_id: Option<String>,
     /// Treat SOURCE as an image even if a volume of that name exists.
@@ -114,7 +114,7 @@ pub struct MountArgs {
 pub struct UmountArgs {
     /// The mountpoint.
     pub path: PathBuf,
-    /// (volume) The mount ID it was mounted with (default rbdctl:<path>).
+    /// (volume) The mount ID it was mounted with (default rbdctl:PATH, from the path).
     #[arg(long)]
     pub mount_id: Option<String>,
     /// (image) Leave the device mapped.
@@ -259,9 +259,10 @@ fn mount_volume(cli: &Cli, node: &NodeArgs, a: &MountArgs, target: &Path) -> Cli
 /// directory is accepted.
 fn bind(src: &Path, target: &Path, read_only: bool) -> CliResult {
     use nix::mount::MsFlags;
-    if let Some(m) = fs_format::find_mount(target)
-        .map_err(fs_err(format!("reading the mounts of {}", target.display())))?
-    {
+    if let Some(m) = fs_format::find_mount(target).map_err(fs_err(format!(
+        "reading the mounts of {}",
+        target.display()
+    )))? {
         let src_mount = fs_format::find_mount(src)
             .map_err(fs_err(format!("reading the mounts of {}", src.display())))?;
         let same = src_mount
@@ -307,8 +308,16 @@ fn bind(src: &Path, target: &Path, read_only: bool) -> CliResult {
 
 fn mount_image(cli: &Cli, node: &NodeArgs, a: &MountArgs, target: &Path) -> CliResult {
     let spec = Spec::parse(&a.source)?;
-    let expected = a.fstype.as_deref().map(|s| parse_fs("--fstype", s)).transpose()?;
-    let mkfs = a.mkfs.as_deref().map(|s| parse_fs("--mkfs", s)).transpose()?;
+    let expected = a
+        .fstype
+        .as_deref()
+        .map(|s| parse_fs("--fstype", s))
+        .transpose()?;
+    let mkfs = a
+        .mkfs
+        .as_deref()
+        .map(|s| parse_fs("--mkfs", s))
+        .transpose()?;
     let options: Vec<String> = a
         .mount_options
         .iter()
@@ -337,9 +346,10 @@ fn mount_image(cli: &Cli, node: &NodeArgs, a: &MountArgs, target: &Path) -> CliR
         .parse(fs)
         .map_err(fs_err("checking the mount options".into()))?;
     }
-    if let Some(m) = fs_format::find_mount(target)
-        .map_err(fs_err(format!("reading the mounts of {}", target.display())))?
-    {
+    if let Some(m) = fs_format::find_mount(target).map_err(fs_err(format!(
+        "reading the mounts of {}",
+        target.display()
+    )))? {
         return Err(CliError::Exists(format!(
             "{} is already a mountpoint (of {}); unmount it first",
             target.display(),
@@ -464,13 +474,14 @@ fn unmount_strict(path: &Path) -> CliResult<UnmountOutcome> {
     );
     match r {
         Ok(r) => Ok(r.outcome),
-        Err(fs_format::Error::Unmount { source, .. }) if source == nix::errno::Errno::EBUSY => {
-            Err(CliError::Busy(format!(
-                "{} is busy (files are open on it, or a process works in it); nothing was \
+        Err(fs_format::Error::Unmount {
+            source: nix::errno::Errno::EBUSY,
+            ..
+        }) => Err(CliError::Busy(format!(
+            "{} is busy (files are open on it, or a process works in it); nothing was \
                  changed: close them and try again",
-                path.display()
-            )))
-        }
+            path.display()
+        ))),
         Err(e) => Err(fs_err("unmounting".into())(e)),
     }
 }
@@ -524,8 +535,10 @@ pub fn umount(cli: &Cli, node: &NodeArgs, a: &UmountArgs) -> CliResult {
         );
         return Ok(());
     }
-    let Some(mi) = fs_format::find_mount(&target)
-        .map_err(fs_err(format!("reading the mounts of {}", target.display())))?
+    let Some(mi) = fs_format::find_mount(&target).map_err(fs_err(format!(
+        "reading the mounts of {}",
+        target.display()
+    )))?
     else {
         return Err(CliError::NotFound(format!(
             "{} is not mounted, and no volume is held on this node by mount ID {mount_id}",
@@ -535,9 +548,9 @@ pub fn umount(cli: &Cli, node: &NodeArgs, a: &UmountArgs) -> CliResult {
     let source = PathBuf::from(&mi.source);
     let mcfg = node.mapper();
     let canon_source = std::fs::canonicalize(&source).unwrap_or(source.clone());
-    let mapping = mapper::list_all(&mcfg)?.into_iter().find(|m| {
-        std::fs::canonicalize(&m.device).unwrap_or(m.device.clone()) == canon_source
-    });
+    let mapping = mapper::list_all(&mcfg)?
+        .into_iter()
+        .find(|m| std::fs::canonicalize(&m.device).unwrap_or(m.device.clone()) == canon_source);
     let Some(m) = mapping else {
         return Err(CliError::Usage(format!(
             "{} is mounted from {}, which is not an RBD mapping on this host; use umount(8)",
@@ -554,8 +567,10 @@ pub fn umount(cli: &Cli, node: &NodeArgs, a: &UmountArgs) -> CliResult {
         )));
     }
     unmount_strict(&target)?;
-    let still = fs_format::mounts_of_device(&m.device)
-        .map_err(fs_err(format!("reading the mounts of {}", m.device.display())))?;
+    let still = fs_format::mounts_of_device(&m.device).map_err(fs_err(format!(
+        "reading the mounts of {}",
+        m.device.display()
+    )))?;
     let unmapped = if a.keep_mapped || !still.is_empty() {
         false
     } else {

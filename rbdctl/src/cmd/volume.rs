@@ -167,7 +167,9 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
                         i.pool.clone(),
                         dash(&i.namespace),
                         human_size(i.size),
-                        i.fstype.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+                        i.fstype
+                            .map(|f| f.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         i.access.to_string(),
                         i.mountpoint
                             .as_ref()
@@ -260,9 +262,11 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
             rbd_driver::volume::validate_volume_name(name)?;
             let d = driver(cli, node)?;
             d.snapshot(name, snap)?;
-            done(cli.format, json!({ "volume": name, "snapshot": snap }), || {
-                format!("created snapshot {name}@{snap}")
-            });
+            done(
+                cli.format,
+                json!({ "volume": name, "snapshot": snap }),
+                || format!("created snapshot {name}@{snap}"),
+            );
             Ok(())
         }
         VolumeCmd::Status { name } => {
@@ -301,7 +305,9 @@ fn show_info(format: Format, i: &VolumeInfo) {
         line("size", format!("{} ({} bytes)", human_size(i.size), i.size));
         line(
             "fstype",
-            i.fstype.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+            i.fstype
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
         line("access", i.access.to_string());
         if let Some(t) = i.created_at {
