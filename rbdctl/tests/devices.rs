@@ -465,3 +465,70 @@ fn cluster_unavailable_is_exit_6_within_the_timeout() {
             .exists()
     );
 }
+
+#[test]
+fn a_device_left_by_a_removed_image_is_never_unmapped_by_its_old_name() {
+    let Some(env) = setup() else { return };
+    // Dropped last: lifts the blocklist entry after the node has unmapped everything.
+    let fence = common::Cleanup::new(&env);
+    let node = Node::new(&env);
+    let x = node.image("gone");
+    let old_id = create_image(&env, &x, "16M");
+    let dev = device_of(&node.rbdctl(&["map", &x]).ok());
+    let addr = mapping_of(&node.mappings(), &dev)["client_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let pid = mapping_of(&node.mappings(), &dev)["pid"].as_u64().unwrap();
+
+    // The seed-004 situation: the mapper dies (as in a crash) and leaves its device; its
+    // client is fenced, so the image can be removed, and a new image gets the name.
+    // (A live userspace mapper that gets fenced tears itself down within seconds; a dead
+    // one cannot, like a kernel mapping on a node that lost the cluster.)
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    fence.blocklisted(&addr);
+    let r = env.tool("ceph", &["osd", "blocklist", "add", &addr]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !watchers(&env, &x).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the fenced watch did not go away"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    env.rbd(&["rm", "--no-progress", &x]);
+    let new_id = create_image(&env, &x, "16M");
+    assert_ne!(old_id, new_id);
+
+    // unmap X: refused (the new X is not mapped), the old device named, and left alone.
+    let r = node.rbdctl(&["unmap", &x]).code(3);
+    assert!(
+        r.err.contains(&new_id) && r.err.contains(&dev) && r.err.contains(&old_id),
+        "{}",
+        r.err
+    );
+    let maps = node.mappings();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert_eq!(maps[0]["image_id"], old_id.as_str());
+    assert_eq!(
+        maps[0]["pid"],
+        Value::Null,
+        "the dead mapper is listed as alive"
+    );
+    // The new image can be mapped beside the stale device; unmap X takes only it.
+    let dev2 = device_of(&node.rbdctl(&["map", &x]).ok());
+    node.rbdctl(&["unmap", &x]).ok();
+    let maps = node.mappings();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert_eq!(maps[0]["device"], dev.as_str());
+    assert_ne!(dev, dev2);
+    // The stale device goes by device.
+    node.rbdctl(&["unmap", &dev]).ok();
+    assert!(node.mappings().is_empty());
+}
