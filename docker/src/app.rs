@@ -59,6 +59,9 @@ pub fn run(cfg: PluginConfig, factory: BackendFactory) -> Result<()> {
             })?
     };
 
+    // Kept so the driver is released here, under a bound, rather than wherever the last
+    // request happens to drop it.
+    let keep = slot.clone();
     let service = Service::new(slot, cfg.deadlines);
     let served = rt.block_on(async {
         let shutdown = async {
@@ -72,6 +75,17 @@ pub fn run(cfg: PluginConfig, factory: BackendFactory) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     if connector.is_finished() {
         let _ = connector.join();
+    }
+    // Disconnecting from the cluster may wait for the mons; never let it hold up the exit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dropper = std::thread::spawn(move || {
+        drop(keep);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(Duration::from_secs(3)).is_ok() {
+        let _ = dropper.join();
+    } else {
+        tracing::warn!("the cluster connection did not close within 3 s; exiting anyway");
     }
     served
 }
