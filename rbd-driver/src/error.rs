@@ -99,6 +99,20 @@ pub enum DriverError {
     /// The volume already exists.
     #[error("volume {0} already exists")]
     VolumeExists(String),
+    /// An operation failed, and undoing what it had already done failed too. The undo is
+    /// recorded in the state file and retried by recovery.
+    #[error(
+        "{op} failed, and cleaning up after it failed too ({cleanup}); recovery will retry the cleanup"
+    )]
+    CleanupFailed {
+        /// The operation, e.g. `creating volume v1`.
+        op: String,
+        /// Why the cleanup failed.
+        cleanup: String,
+        /// The original failure.
+        #[source]
+        source: Box<DriverError>,
+    },
     /// The local state file is unreadable.
     #[error("state file {path} is corrupt")]
     CorruptState {

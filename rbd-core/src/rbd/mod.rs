@@ -10,6 +10,7 @@ pub mod info;
 pub mod io;
 pub mod lock;
 pub mod meta;
+pub mod namespace;
 pub mod progress;
 pub mod snap;
 pub mod trash;
@@ -59,6 +60,7 @@ pub use info::{
     ImageDetails, ImageFlags, ImageInfo, OpFeatures, Shrink, image_id_by_name, image_name_by_id,
 };
 pub use lock::{LockMode, LockOwners, Locker, Lockers};
+pub use namespace::namespace_exists;
 pub use snap::{SnapCreateFlags, SnapInfo, SnapNamespace, SnapRemoveFlags};
 pub use trash::{
     TrashEntry, TrashSource, trash_get, trash_list, trash_move, trash_remove,

@@ -66,6 +66,92 @@ pub struct State {
     /// Volumes by name.
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeState>,
+    /// Creates and removes in progress, by volume name. Recorded before their first
+    /// cluster change, so that recovery can roll a crashed create back and a crashed
+    /// remove forward.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending: BTreeMap<String, PendingOp>,
+}
+
+/// Where a create is. Recorded before each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CreatePhase {
+    /// About to claim the name in the index.
+    Claiming,
+    /// Name claimed; about to create (or clone) the image.
+    CreatingImage,
+    /// Image created; about to write its metadata.
+    SettingMetadata,
+    /// About to map, mkfs and unmap it (format at create).
+    Formatting,
+    /// About to mark the index entry ready.
+    Publishing,
+}
+
+/// Where a remove is. Recorded before each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemovePhase {
+    /// About to mark the index entry as being removed.
+    Marking,
+    /// About to remove the image.
+    RemovingImage,
+    /// Image gone; about to remove the index entry.
+    RemovingIndex,
+}
+
+/// A create in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCreate {
+    /// Pool of the new image.
+    pub pool: String,
+    /// Its RADOS namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Pool holding the name index.
+    pub index_pool: String,
+    /// The create's token (index entry and image metadata).
+    pub token: String,
+    /// The image id, once the image exists.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// The parent snapshot this create protected (`pool/[ns/]image@snap`), to unprotect
+    /// on rollback.
+    #[serde(default)]
+    pub protected_parent: Option<String>,
+    /// When the create started (seconds since the epoch).
+    pub started_at: u64,
+    /// Progress.
+    pub phase: CreatePhase,
+}
+
+/// A remove in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRemove {
+    /// Pool of the image.
+    pub pool: String,
+    /// Its RADOS namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Pool holding the name index.
+    pub index_pool: String,
+    /// The image's id.
+    pub image_id: String,
+    /// The volume's create token (from its index entry).
+    pub token: String,
+    /// Progress.
+    pub phase: RemovePhase,
+}
+
+/// A create or remove in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum PendingOp {
+    /// A create.
+    Create(PendingCreate),
+    /// A remove.
+    Remove(PendingRemove),
 }
 
 impl State {
@@ -98,6 +184,21 @@ impl StateStore {
     /// The state file's path.
     pub fn path(&self) -> PathBuf {
         self.dir.join("state.json")
+    }
+
+    /// The directory holding the state file, its lock and the per-volume locks.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Locks, loads, applies `f`, saves and unlocks: one atomic read-modify-write of the
+    /// state file. Returns what `f` returns.
+    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R> {
+        let _lock = self.lock()?;
+        let mut st = self.load()?;
+        let r = f(&mut st);
+        self.save(&st)?;
+        Ok(r)
     }
 
     /// Takes the exclusive lock, blocking until other holders release it.
@@ -138,6 +239,9 @@ impl StateStore {
     /// Saves atomically: write a temp file, fsync it, rename over the old one, fsync the
     /// directory. A crash leaves either the old or the new state, never a torn one.
     pub fn save(&self, state: &State) -> Result<()> {
+        let mut state = state.clone();
+        state.version = State::version();
+        let state = &state;
         write_atomic(
             &self.path(),
             &serde_json::to_vec_pretty(state).unwrap_or_default(),
