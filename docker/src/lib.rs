@@ -11,6 +11,7 @@
 //! - [`server`]: the socket (mode 0600, stale-socket handling, systemd activation) and the
 //!   HTTP server with clean shutdown.
 //! - [`config`]: defaults, config file, environment, flags.
+//! - [`rbd`]: the real backend, `rbd_driver::volume::Driver`.
 //! - [`app`]: start-up: bind, connect the driver in the background, serve until a signal.
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod protocol;
+pub mod rbd;
 pub mod rfc3339;
 pub mod server;
 pub mod service;

@@ -152,6 +152,7 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_is_created() {
             "docker {}: error {err:?} lacks {want:?}",
             full.join(" ")
         );
+        eprintln!("docker {}: {}", full.join(" "), err.trim());
         // A message for people: no Go error wrapping soup, no HTTP status.
         assert!(!err.contains("VolumeDriver.Create:"), "{err}");
     }

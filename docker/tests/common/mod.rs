@@ -172,6 +172,17 @@ impl Resp {
 
 /// Sends `method path` with `body` over the unix socket at `sock` (deadline `limit`).
 pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) -> Resp {
+    try_http(sock, method, path, body, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http`], with failures returned instead of panicking.
+pub fn try_http(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    limit: Duration,
+) -> Result<Resp, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -186,10 +197,10 @@ pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) 
         let fut = async {
             let stream = tokio::net::UnixStream::connect(&sock)
                 .await
-                .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+                .map_err(|e| format!("connect {}: {e}", sock.display()))?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .expect("http handshake");
+                .map_err(|e| format!("http handshake: {e}"))?;
             tokio::spawn(conn);
             let req = Request::builder()
                 .method(method.as_str())
@@ -198,7 +209,10 @@ pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) 
                 .header("Accept", "application/vnd.docker.plugins.v1.2+json")
                 .body(Full::new(Bytes::from(body)))
                 .expect("request");
-            let resp = sender.send_request(req).await.expect("send request");
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{method} {path}: {e}"))?;
             let status = resp.status().as_u16();
             let content_type = resp
                 .headers()
@@ -210,18 +224,18 @@ pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) 
                 .into_body()
                 .collect()
                 .await
-                .expect("read body")
+                .map_err(|e| format!("{method} {path}: reading the body: {e}"))?
                 .to_bytes()
                 .to_vec();
-            Resp {
+            Ok(Resp {
                 status,
                 content_type,
                 body,
-            }
+            })
         };
         tokio::time::timeout(limit, fut)
             .await
-            .unwrap_or_else(|_| panic!("{method} {path} got no answer within {limit:?}"))
+            .unwrap_or_else(|_| Err(format!("{method} {path} got no answer within {limit:?}")))
     })
 }
 
@@ -347,17 +361,16 @@ impl Plugin {
                     panic!("plugin exited early:\n{}", self.log_text());
                 }
             }
-            if self.socket.exists() {
-                let r = http(
-                    &self.socket,
-                    "POST",
-                    "/VolumeDriver.List",
-                    "{}",
-                    Duration::from_secs(15),
-                );
-                if r.status == 200 && r.err().is_empty() {
-                    return;
-                }
+            if let Ok(r) = try_http(
+                &self.socket,
+                "POST",
+                "/VolumeDriver.List",
+                "{}",
+                Duration::from_secs(15),
+            ) && r.status == 200
+                && r.err().is_empty()
+            {
+                return;
             }
             if Instant::now() >= deadline {
                 panic!(
