@@ -62,11 +62,8 @@ impl OwnCluster {
             .parse()
             .expect("daemon pid");
         // SAFETY: kill(2) on the pid the cluster script recorded for a daemon it started.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGTERM) },
-            0,
-            "kill {daemon}"
-        );
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill {daemon}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Path::new(&format!("/proc/{pid}")).exists() {
             assert!(Instant::now() < deadline, "{daemon} ({pid}) did not stop");
