@@ -443,6 +443,11 @@ fn snapshots_block_remove_unless_forced_and_clones_follow_their_parent() {
     let base = env.name("base");
     d.create(&base, &spec(&[("size", "16M"), ("fstype", "xfs")]))
         .unwrap();
+    // Pretend base was formatted: a clone must not inherit the parent's volume metadata.
+    Image::open(&env.io(POOL, ""), &base, &OpenOptions::new())
+        .unwrap()
+        .metadata_set("rbd-volumes.formatted", "xfs")
+        .unwrap();
     d.snapshot(&base, "s1").unwrap();
     let e = d.snapshot(&base, "s1").unwrap_err();
     assert!(e.to_string().contains("already has a snapshot"), "{e}");
@@ -475,6 +480,16 @@ fn snapshots_block_remove_unless_forced_and_clones_follow_their_parent() {
     drop(cimg);
     let meta = env.meta(POOL, "", &clone);
     assert_eq!(meta["rbd-volumes.source"], format!("{POOL}/{base}@s1"));
+    assert_eq!(meta["rbd-volumes.name"], clone);
+    assert!(!meta.contains_key("rbd-volumes.formatted"), "{meta:?}");
+    assert_ne!(
+        meta["rbd-volumes.token"],
+        env.meta(POOL, "", &base)["rbd-volumes.token"]
+    );
+    assert_eq!(
+        meta["rbd-volumes.token"],
+        env.index_entry(&clone).unwrap().token
+    );
     let base_img = env.image(POOL, "", &base).unwrap();
     let protected_by_us =
         meta.get("rbd-volumes.protected-parent").map(String::as_str) == Some("true");

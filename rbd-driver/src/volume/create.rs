@@ -350,6 +350,13 @@ impl Driver {
         })
     }
 
+    /// Records that the create made no image (its create call failed), so that a
+    /// rollback never removes an image of that name made by someone else.
+    fn mark_no_image(&self, name: &str, pending: &mut PendingCreate) -> Result<()> {
+        pending.phase = CreatePhase::Claiming;
+        self.save_pending(name, pending)
+    }
+
     pub(super) fn drop_pending(&self, name: &str) -> Result<()> {
         self.store.update(|st| {
             st.pending.remove(name);
@@ -438,21 +445,29 @@ impl Driver {
                         meta.mount_options = pm.mount_options.clone();
                     }
                 }
-                rbd::clone_image(
+                if let Err(e) = rbd::clone_image(
                     &p.io,
                     &p.image,
                     &p.snap,
                     io,
                     name,
                     &self.image_options(r, true)?,
-                )
-                .map_err(|e| DriverError::ceph(format!("cloning {} to {spec}", p.spec), e))?;
+                ) {
+                    // Nothing was made: the rollback must not look for an image.
+                    self.mark_no_image(name, pending)?;
+                    return Err(DriverError::ceph(
+                        format!("cloning {} to {spec}", p.spec),
+                        e,
+                    ));
+                }
             }
             None => {
                 self.save_pending(name, pending)?;
                 let size = r.size.unwrap_or(self.cfg.defaults.size);
-                rbd::create(io, name, size, &self.image_options(r, false)?)
-                    .map_err(|e| DriverError::ceph(format!("creating image {spec}"), e))?;
+                if let Err(e) = rbd::create(io, name, size, &self.image_options(r, false)?) {
+                    self.mark_no_image(name, pending)?;
+                    return Err(DriverError::ceph(format!("creating image {spec}"), e));
+                }
             }
         }
         crash_point("create:image-created");
@@ -464,6 +479,10 @@ impl Driver {
         pending.image_id = Some(image_id.clone());
         pending.phase = CreatePhase::SettingMetadata;
         self.save_pending(name, pending)?;
+        if parent.is_some() {
+            crate::volume::meta::set(&image, crate::volume::meta::keys::TOKEN, &pending.token)?;
+            crate::volume::meta::clear_inherited(&image)?;
+        }
         meta.write(&image)?;
         if let (Some(p), Some(size)) = (parent, r.size)
             && size > p.snap_size
@@ -787,10 +806,8 @@ impl Driver {
         if let Some(id) = id {
             match Image::open_by_id(&io, &id, &OpenOptions::new().read_only(true)) {
                 Ok(img) => {
-                    let meta = VolumeMeta::read(&img)?;
-                    let ours = meta.token.as_deref().is_none_or(|t| t == p.token);
                     let image_name = img.name().unwrap_or_else(|_| name.to_owned());
-                    if ours {
+                    {
                         let w = self.foreign_watchers(&img)?;
                         if !w.is_empty() {
                             return Err(DriverError::InUse {
@@ -861,15 +878,16 @@ impl Driver {
             Err(e) if e.kind() == rbd_core::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(DriverError::ceph(format!("opening image {name}"), e)),
         };
+        // Our token, or made since this create started: the name is claimed in the index
+        // by this create, so no other volume create can have made it. (A clone carries
+        // its parent's token until ours is written.)
         let meta = VolumeMeta::read(&img)?;
-        let ours = match meta.token {
-            Some(t) => t == p.token,
-            None => img
+        let ours = meta.token.as_deref() == Some(p.token.as_str())
+            || img
                 .create_timestamp()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .is_some_and(|t| t.as_secs() + 5 >= p.started_at),
-        };
+                .is_some_and(|t| t.as_secs() + 5 >= p.started_at);
         Ok(ours.then_some(id))
     }
 

@@ -138,6 +138,25 @@ impl VolumeMeta {
     }
 }
 
+/// Removes every key of ours except the token: a clone inherits its parent's metadata,
+/// and none of the parent's volume settings (format state, source, protection) apply to
+/// the clone as such. Call it after writing the clone's own token.
+pub fn clear_inherited(image: &Image) -> Result<()> {
+    let keys: Vec<String> = image
+        .metadata_list()
+        .map_err(|e| DriverError::ceph("reading the clone's inherited metadata", e))?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(META_PREFIX) && *k != key(keys::TOKEN))
+        .collect();
+    for k in keys {
+        image
+            .metadata_remove(&k)
+            .map_err(|e| DriverError::ceph(format!("removing inherited metadata {k}"), e))?;
+    }
+    Ok(())
+}
+
 /// Sets one of the driver's keys.
 pub fn set(image: &Image, k: &str, v: &str) -> Result<()> {
     image
