@@ -50,5 +50,5 @@ pub use mon::{BlocklistEntry, MonReply};
 pub use object::{ObjectId, ObjectStat};
 pub use omap::{CmpOp, CreateMode, OmapCmpOp, OperationFlags, ReadOp, WriteOp};
 pub use rados::{ConnectOptions, LibVersions, Rados, Timeouts, lib_versions};
-pub use rbd::{Image, OpenOptions};
+pub use rbd::{AioFuture, Image, ImageCursor, IoFlags, OpenOptions};
 pub use watch::{Notification, NotifyReply, Watch, WatchEvent, WatchOptions};

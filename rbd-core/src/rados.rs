@@ -126,7 +126,9 @@ impl ConnectOptions {
         self.key = Some(key.into());
         self
     }
-    /// Any other configuration option, applied after the conf file and environment.
+    /// Any other configuration option, applied after the conf file, the environment and
+    /// our defaults (e.g. `.option("rbd_cache", "true")` re-enables librbd's cache, which
+    /// [`Rados::connect`] turns off).
     pub fn option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.options.push((key.into(), value.into()));
         self
@@ -242,6 +244,11 @@ impl Rados {
     /// Connects to the cluster: `rados_create2`, `rados_conf_read_file`,
     /// `rados_conf_parse_env`, `rados_conf_set`, then `rados_connect`.
     ///
+    /// Besides the [`Timeouts`], it sets `rbd_cache = false`: librbd's default
+    /// write-around cache acknowledges writes early and can lose their errors (a fenced
+    /// client's writes and flushes then all "succeed"), so every write reports its own
+    /// outcome instead. [`ConnectOptions::option`] can turn it back on.
+    ///
     /// Checks the librados/librbd versions first and refuses anything older than Ceph 16.2.
     pub fn connect(opts: &ConnectOptions) -> Result<Rados> {
         check_versions(lib_versions())?;
@@ -326,6 +333,12 @@ impl Rados {
         rados.conf_set("rados_mon_op_timeout", &secs(t.mon_op))?;
         rados.conf_set("rados_osd_op_timeout", &secs(t.osd_op))?;
         rados.conf_set("client_mount_timeout", &secs(t.mount))?;
+        // librbd's default write-around cache acknowledges writes before the OSD does and
+        // reports their errors at the next flush, except that a flush issued once the
+        // failed writes are no longer in flight returns success: a fenced client's writes
+        // would then vanish while every call, fsync included, succeeds. Without the cache
+        // each write completes when the OSD has it, and fails when it does not.
+        rados.conf_set("rbd_cache", "false")?;
         for (k, v) in &opts.options {
             rados.conf_set(k, v)?;
         }

@@ -71,6 +71,9 @@ fn connect_with_explicit_options() {
     .unwrap();
     assert!(!rados.fsid().unwrap().is_empty());
     assert_eq!(rados.conf_get("rados_osd_op_timeout").unwrap(), "30");
+    // librbd's write-around cache is off by default (it can lose write errors), and
+    // explicit options win over our defaults.
+    assert_eq!(rados.conf_get("rbd_cache").unwrap(), "false");
 
     // Keyring path instead of key, and a wrong key is refused (not hung).
     let rados = Rados::connect(
@@ -79,10 +82,12 @@ fn connect_with_explicit_options() {
             .skip_env()
             .mon_host(mon_host.clone())
             .name("client.admin")
-            .keyring(&keyring),
+            .keyring(&keyring)
+            .option("rbd_cache", "true"),
     )
     .unwrap();
     assert!(rados.pool_lookup(common::POOL).is_ok());
+    assert_eq!(rados.conf_get("rbd_cache").unwrap(), "true");
 
     let e = Rados::connect(
         &ConnectOptions::new()

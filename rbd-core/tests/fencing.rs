@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbd_core::rados::with_deadline;
+use rbd_core::rbd::{self, Features, ImageOptions};
 use rbd_core::watch::WatchEvent;
-use rbd_core::{ConnectOptions, Context, EntityAddr, Error, ErrorKind, IoCtx, Rados, Timeouts};
+use rbd_core::{
+    ConnectOptions, Context, EntityAddr, Error, ErrorKind, Image, IoCtx, OpenOptions, Rados,
+    Timeouts,
+};
 
 /// A's configured timeout for every operation.
 const A_TIMEOUT: Duration = Duration::from_secs(5);
@@ -198,4 +202,148 @@ fn blocklisting_another_address_leaves_us_alone() {
     io.write_full(&oid, b"fine").unwrap();
     assert_eq!(io.read_full(&oid).unwrap(), b"fine");
     assert!(!b.is_blocklisted(&mine).unwrap());
+}
+
+/// Runs an async operation of A's on a helper thread with a hard deadline.
+fn fenced_aio<T: Send + 'static>(
+    what: &'static str,
+    f: rbd_core::AioFuture<T>,
+) -> (Result<T, Error>, Duration) {
+    fenced_call(what, move || f.wait())
+}
+
+fn write_then_flush(img: &Image, data: &[u8]) -> Result<(), Error> {
+    img.write_at(0, data)?;
+    img.flush()
+}
+
+#[test]
+fn blocklisted_client_image_io_fails_promptly() {
+    let Some((b, conf)) = common::connect() else {
+        return;
+    };
+    let a = Rados::connect(
+        &ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(Timeouts::uniform(A_TIMEOUT)),
+    )
+    .unwrap();
+    let addr = *a.getaddrs().unwrap().primary().unwrap();
+    let io_b = b.ioctx(common::POOL).unwrap();
+    // One image with the default features (exclusive lock, object map), one without.
+    let locked = testkit::unique("fence-img-lock");
+    let plain = testkit::unique("fence-img-plain");
+    rbd::create(&io_b, &locked, 8 << 20, &ImageOptions::new()).unwrap();
+    rbd::create(
+        &io_b,
+        &plain,
+        8 << 20,
+        &ImageOptions::new().features(Features::LAYERING),
+    )
+    .unwrap();
+    struct Images(IoCtx, Vec<String>);
+    impl Drop for Images {
+        fn drop(&mut self) {
+            for n in &self.1 {
+                for _ in 0..30 {
+                    match rbd::remove(&self.0, n) {
+                        Err(e) if e.kind() == ErrorKind::Busy => {
+                            std::thread::sleep(Duration::from_secs(1))
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+    let _images = Images(io_b, vec![locked.clone(), plain.clone()]);
+    let _cleanup = Cleanup {
+        b: b.clone(),
+        addr,
+        oids: vec![],
+    };
+
+    let io_a = a.ioctx(common::POOL).unwrap();
+    let imgs: Vec<Arc<Image>> = [&locked, &plain]
+        .iter()
+        .map(|n| Arc::new(Image::open(&io_a, n, &OpenOptions::new()).unwrap()))
+        .collect();
+    for img in &imgs {
+        write_then_flush(img, b"before").unwrap();
+        img.aio_write(4096, b"aio before".to_vec()).wait().unwrap();
+    }
+
+    b.blocklist_add(&addr, Some(Duration::from_secs(600)))
+        .unwrap();
+    // B's own I/O brings the OSD to the blocklisting map, and B is unaffected.
+    let b_img = Image::open(
+        &b.ioctx(common::POOL).unwrap(),
+        &plain,
+        &OpenOptions::new().read_only(true),
+    )
+    .unwrap();
+    let mut buf = [0u8; 6];
+    b_img.read_exact_at(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"before");
+
+    for (img, name) in imgs.iter().zip([&locked, &plain]) {
+        // Each write fails by itself: with librbd's write-around cache (which
+        // Rados::connect turns off) it would be acknowledged early and its error lost.
+        let (r, took) = fenced_call("fenced image write", {
+            let img = img.clone();
+            move || img.write_at(0, b"after!")
+        });
+        assert_fenced(&format!("write_at on {name}"), r, took);
+        let (r, took) = fenced_aio("fenced aio_write", img.aio_write(8192, vec![9; 4096]));
+        assert_fenced(&format!("aio_write on {name}"), r, took);
+        let (r, took) = fenced_aio("fenced aio_discard", img.aio_discard(0, 1 << 20));
+        assert_fenced(&format!("aio_discard on {name}"), r, took);
+        let (r, took) = fenced_aio("fenced aio_flush", img.aio_flush());
+        // A flush with nothing in flight has nothing to fail on; if it fails, promptly.
+        if let Err(e) = r {
+            assert_fenced(&format!("aio_flush on {name}"), Err::<(), _>(e), took);
+        }
+        // Reads go to the OSD too (nothing is cached for them here).
+        let (r, took) = fenced_aio("fenced aio_read", img.aio_read(1 << 20, vec![0; 4096]));
+        assert_fenced(&format!("aio_read on {name}"), r, took);
+        let (r, took) = fenced_call("fenced read_at", {
+            let img = img.clone();
+            move || {
+                let mut b = vec![0u8; 4096];
+                img.read_at(2 << 20, &mut b)
+            }
+        });
+        assert_fenced(&format!("read_at on {name}"), r, took);
+    }
+
+    // Nothing A wrote after the fencing reached the images.
+    for name in [&locked, &plain] {
+        let img = Image::open(
+            &b.ioctx(common::POOL).unwrap(),
+            name,
+            &OpenOptions::new().read_only(true),
+        )
+        .unwrap();
+        let mut buf = [0u8; 6];
+        img.read_exact_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"before", "{name}");
+        let mut buf = [0u8; 4096];
+        img.read_exact_at(8192, &mut buf).unwrap();
+        assert!(
+            buf.iter().all(|&x| x == 0),
+            "{name}: a fenced aio write landed"
+        );
+    }
+
+    // Closing A's images and connection is bounded too.
+    let (r, took) = fenced_call("fenced image close", move || {
+        for img in imgs {
+            let _ = Arc::into_inner(img).map(Image::close);
+        }
+        drop(io_a);
+        drop(a);
+        Ok(())
+    });
+    r.unwrap();
+    assert!(took <= A_TIMEOUT + MARGIN, "close took {took:?}");
 }

@@ -409,8 +409,8 @@ impl Image {
     pub fn info(&self) -> Result<ImageDetails> {
         let st = self.stat()?;
         Ok(ImageDetails {
-            pool: self.pool.clone(),
-            namespace: self.namespace.clone(),
+            pool: self.pool_name().to_owned(),
+            namespace: self.namespace().to_owned(),
             name: self.name()?,
             id: self.id()?,
             size: st.size,

@@ -50,6 +50,7 @@ pub fn validate_image_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+pub use aio::AioFuture;
 pub use clone::{LinkedImageSpec, ParentInfo, SnapSpec, clone_image};
 pub use create::{
     CloneFormat, Features, ImageFormat, ImageOptions, ImageSpec, create, list, order_of,
@@ -59,6 +60,7 @@ pub use diff::{DiffExtent, DiffOptions};
 pub use info::{
     ImageDetails, ImageFlags, ImageInfo, OpFeatures, Shrink, image_id_by_name, image_name_by_id,
 };
+pub use io::{ImageCursor, IoFlags};
 pub use lock::{LockMode, LockOwners, Locker, Lockers};
 pub use namespace::namespace_exists;
 pub use snap::{SnapCreateFlags, SnapInfo, SnapNamespace, SnapRemoveFlags};

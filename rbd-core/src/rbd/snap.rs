@@ -279,7 +279,8 @@ impl Image {
         let c = name.map(snap_cstring).transpose()?;
         let p = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
         // SAFETY: open image handle; `p` is NULL (head) or a valid C string. `&mut self`
-        // ensures no I/O on this handle runs concurrently with the switch.
+        // keeps our own sync calls out; aio still in flight is safe too, as librbd blocks
+        // writes and waits for those in flight before it switches (SetSnapRequest).
         let ret = unsafe { sys::rbd_snap_set(self.ptr, p) };
         check(ret, "rbd_snap_set", || match name {
             Some(n) => self.snap_ctx(n),
@@ -295,7 +296,8 @@ impl Image {
         let Some(raw) = id else {
             return self.snap_set(None);
         };
-        // SAFETY: open image handle; `&mut self` ensures no concurrent I/O on it.
+        // SAFETY: open image handle; as in snap_set, librbd serializes the switch with
+        // I/O in flight.
         let ret = unsafe { sys::rbd_snap_set_by_id(self.ptr, raw) };
         check(ret, "rbd_snap_set_by_id", || {
             self.ctx().with_snap(format!("#{raw}"))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fs_format::{FsType, MkfsOptions, MountOptions, Probe, UnmountOutcome};
-use rbd_core::{Image, OpenOptions};
+use rbd_core::{EntityAddr, Image, OpenOptions};
 use serde::Serialize;
 
 use crate::error::{DriverError, Result};
@@ -157,6 +157,11 @@ impl Driver {
         if let Some(v) = st.volumes.get(name).cloned() {
             if v.phase == Phase::Mounted && self.healthy(&v)? {
                 if mode == Some(AccessMode::ReadWrite) && v.read_only {
+                    let loc = self.locate(name)?;
+                    let meta = VolumeMeta::read(&self.open(name, &loc, true)?)?;
+                    if meta.access.is_read_only() {
+                        return Err(read_only_volume(name));
+                    }
                     return Err(DriverError::InUse {
                         volume: name.into(),
                         detail: format!(
@@ -192,19 +197,12 @@ impl Driver {
         let meta = VolumeMeta::read(&image)?;
         let access = mode.unwrap_or(meta.access);
         if meta.access.is_read_only() && !access.is_read_only() {
-            return Err(DriverError::invalid(
-                "access mode",
-                "rw",
-                format!("volume {name} is read-only (created with access=ro)"),
-            ));
+            return Err(read_only_volume(name));
         }
         let read_only = access.is_read_only();
         if !read_only {
             let w = self.foreign_watchers(&image)?;
-            let owners = image
-                .lock_get_owners()
-                .map(|o| o.owners)
-                .unwrap_or_default();
+            let owners = self.lock_holders(&image);
             if !w.is_empty() || !owners.is_empty() {
                 let mut detail = Vec::new();
                 if !w.is_empty() {
@@ -305,6 +303,9 @@ impl Driver {
                 });
             }
         }
+        if !v.read_only {
+            self.grow_offline_if_needed(name, fs, device)?;
+        }
         v.phase = Phase::Mounting;
         self.put_volume(name, v)?;
         crash_point("attach:mounting");
@@ -321,7 +322,7 @@ impl Driver {
         .map_err(|e| DriverError::fs(format!("mounting volume {name}"), e))?;
         crash_point("attach:mounted");
         if !v.read_only {
-            self.grow_if_needed(name, fs, device, &v.mountpoint)?;
+            self.grow_online_if_needed(name, fs, device, &v.mountpoint)?;
             if meta.formatted != Some(fs) {
                 // Best effort: the mapper holds the exclusive lock, so librbd forwards this
                 // to it; if it fails, the next attach records it.
@@ -334,26 +335,64 @@ impl Driver {
         self.put_volume(name, v)
     }
 
-    /// Grows the mounted filesystem when its device is larger (by 1 MiB or more) than the
-    /// filesystem (the image was resized while it was not mounted here).
-    pub(super) fn grow_if_needed(
+    /// Whether the device is larger (by 1 MiB or more) than the filesystem on it (the
+    /// image was resized while the filesystem was not mounted here).
+    fn needs_grow(device: &Path) -> Result<bool> {
+        let dev = fs_format::device_size(device)
+            .map_err(|e| DriverError::fs(format!("reading the size of {}", device.display()), e))?;
+        Ok(match fs_format::probe(device) {
+            Ok(Probe::Filesystem(info)) => dev >= info.size_bytes + (1 << 20),
+            _ => false,
+        })
+    }
+
+    /// Before mounting read-write: an ext4 filesystem smaller than its device is grown
+    /// offline (`e2fsck -f -p`, then `resize2fs`). Offline growing needs no
+    /// `CAP_SYS_RESOURCE`, which the kernel requires for online ext4 resizes.
+    fn grow_offline_if_needed(&self, name: &str, fs: FsType, device: &Path) -> Result<()> {
+        if fs != FsType::Ext4 || !Self::needs_grow(device)? {
+            return Ok(());
+        }
+        let report = fs_format::fsck(
+            device,
+            fs,
+            &fs_format::FsckOptions {
+                force_full_check: true,
+                timeout: self.cfg.fsck_timeout,
+            },
+        )
+        .map_err(|e| DriverError::fs(format!("checking volume {name} before growing it"), e))?;
+        if !matches!(
+            report.outcome,
+            fs_format::FsckOutcome::Clean | fs_format::FsckOutcome::ErrorsCorrected
+        ) {
+            return Err(DriverError::Command {
+                command: format!("e2fsck -f -p of volume {name} before growing it"),
+                status: format!("{:?}", report.outcome),
+                stderr: format!("{}{}", report.output.stdout, report.output.stderr)
+                    .trim()
+                    .to_owned(),
+            });
+        }
+        fs_format::grow(device, fs, &fs_format::GrowOptions::default())
+            .map_err(|e| DriverError::fs(format!("growing the filesystem of volume {name}"), e))?;
+        Ok(())
+    }
+
+    /// After mounting read-write: xfs and btrfs (which grow only online) are grown to
+    /// their device.
+    fn grow_online_if_needed(
         &self,
         name: &str,
         fs: FsType,
         device: &Path,
         mp: &Path,
     ) -> Result<()> {
-        let dev = fs_format::device_size(device)
-            .map_err(|e| DriverError::fs(format!("reading the size of {}", device.display()), e))?;
-        let fs_bytes = match fs_format::probe(device) {
-            Ok(Probe::Filesystem(info)) => info.size_bytes,
-            _ => return Ok(()),
-        };
-        if dev >= fs_bytes + (1 << 20) {
-            fs_format::grow(mp, fs, &fs_format::GrowOptions::default()).map_err(|e| {
-                DriverError::fs(format!("growing the filesystem of volume {name}"), e)
-            })?;
+        if fs == FsType::Ext4 || !Self::needs_grow(device)? {
+            return Ok(());
         }
+        fs_format::grow(mp, fs, &fs_format::GrowOptions::default())
+            .map_err(|e| DriverError::fs(format!("growing the filesystem of volume {name}"), e))?;
         Ok(())
     }
 
@@ -364,10 +403,13 @@ impl Driver {
         if !mounted {
             return Ok(false);
         }
+        // A mapping served by a process (userspace, nbd) is only alive with its process;
+        // a dead mapper's device is listed with no pid and fails every I/O.
+        let alive = |m: &Mapping| m.backend == crate::mapper::Backend::Krbd || m.pid.is_some();
         let maps = self.local_mappings(&v.pool, &v.namespace, &v.image_id)?;
         Ok(match &v.device {
-            Some(d) => maps.iter().any(|m| &m.device == d),
-            None => !maps.is_empty(),
+            Some(d) => maps.iter().any(|m| &m.device == d && alive(m)),
+            None => maps.iter().any(alive),
         })
     }
 
@@ -477,14 +519,95 @@ impl Driver {
             ));
         }
         let maps = self.local_mappings(&v.pool, &v.namespace, &v.image_id)?;
+        // Mappings whose process died (a crashed or killed mapper) leave their Ceph
+        // client's watch and exclusive lock behind until the OSD times the watch out.
+        let dead: Vec<EntityAddr> = maps
+            .iter()
+            .filter(|m| m.backend != crate::mapper::Backend::Krbd && m.pid.is_none())
+            .filter_map(|m| m.client_addr)
+            .collect();
         if !maps.is_empty() {
             did.extend(self.unmap_all(v, true)?);
+        }
+        for addr in dead {
+            did.extend(self.fence_dead_mapper(name, v, &addr)?);
         }
         if fs::remove_dir(&v.mountpoint).is_ok() {
             did.push(format!("removed {}", v.mountpoint.display()));
         }
         Ok(did)
     }
+
+    /// Fences the Ceph client of one of this node's own mappings whose mapper process is
+    /// dead: when it still watches the image or holds its exclusive lock, its exact
+    /// address (never a whole host, never this driver's own) is blocklisted and the lock
+    /// broken, so the volume can be attached again at once instead of after the OSD's
+    /// watch timeout.
+    fn fence_dead_mapper(
+        &self,
+        name: &str,
+        v: &VolumeState,
+        addr: &EntityAddr,
+    ) -> Result<Vec<String>> {
+        let mut did = Vec::new();
+        if addr.is_whole_host() || self.own_addrs().iter().any(|a| a.same_instance(addr)) {
+            return Ok(did);
+        }
+        let io = self.io(&v.pool, &v.namespace)?;
+        let image = match Image::open_by_id(&io, &v.image_id, &OpenOptions::new()) {
+            Ok(i) => i,
+            Err(e) if e.kind() == rbd_core::ErrorKind::NotFound => return Ok(did),
+            Err(e) => return Err(DriverError::ceph(format!("opening volume {name}"), e)),
+        };
+        let watching = self
+            .foreign_watchers(&image)?
+            .iter()
+            .any(|w| w.addr.same_instance(addr));
+        let owners: Vec<String> = image
+            .lock_get_owners()
+            .map(|o| o.owners)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o.parse::<EntityAddr>().is_ok_and(|a| a.same_instance(addr)))
+            .collect();
+        if !watching && owners.is_empty() {
+            return Ok(did);
+        }
+        self.rados.blocklist_add(addr, None).map_err(|e| {
+            DriverError::ceph(
+                format!(
+                    "blocklisting the dead mapper client {} of volume {name}",
+                    addr.to_legacy_string()
+                ),
+                e,
+            )
+        })?;
+        did.push(format!(
+            "blocklisted the dead mapper's client {}",
+            addr.to_legacy_string()
+        ));
+        for o in owners {
+            match image.lock_break(rbd_core::rbd::LockMode::Exclusive, &o) {
+                Ok(()) => did.push(format!("broke its exclusive lock ({o})")),
+                Err(e) if e.kind() == rbd_core::ErrorKind::Busy => {}
+                Err(e) => {
+                    return Err(DriverError::ceph(
+                        format!("breaking the exclusive lock of {o} on volume {name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(did)
+    }
+}
+
+fn read_only_volume(name: &str) -> DriverError {
+    DriverError::invalid(
+        "access mode",
+        "rw",
+        format!("volume {name} is read-only (created with access=ro)"),
+    )
 }
 
 fn outcome_str(o: UnmountOutcome) -> &'static str {

@@ -402,6 +402,25 @@ impl Driver {
             .collect())
     }
 
+    /// Who holds the image's exclusive lock (client addresses). `rbd_lock_get_owners`
+    /// answers nothing on a read-only handle, so the header's RADOS lock (which the
+    /// exclusive-lock feature uses, `rbd lock ls`) is read as well.
+    pub(super) fn lock_holders(&self, image: &Image) -> Vec<String> {
+        let mut out: Vec<String> = image
+            .lock_get_owners()
+            .map(|o| o.owners)
+            .unwrap_or_default();
+        if let Ok(l) = image.list_lockers() {
+            for lk in l.lockers {
+                let a = lk.addr.to_legacy_string();
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
     /// The local mappings of an image id (every available backend).
     pub(super) fn local_mappings(
         &self,
@@ -533,10 +552,7 @@ impl Driver {
                 }),
             })
             .collect();
-        let lock_owners = image
-            .lock_get_owners()
-            .map(|o| o.owners)
-            .unwrap_or_default();
+        let lock_owners = self.lock_holders(&image);
         drop(image);
         let st = self.load_state()?;
         let local = st.volumes.get(name).map(|v| LocalAttachment {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod attach;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -95,6 +97,11 @@ impl Env {
     /// A driver for node `node`.
     pub fn driver(&self, node: &str) -> Driver {
         Driver::new(self.config(node)).expect("Driver::new")
+    }
+
+    /// A driver with this config (made by [`Env::config`]).
+    pub fn driver_with(&self, cfg: DriverConfig) -> Driver {
+        Driver::new(cfg).expect("Driver::new")
     }
 
     pub fn io(&self, pool: &str, ns: &str) -> IoCtx {
