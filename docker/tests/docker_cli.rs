@@ -14,38 +14,8 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// Dropped in field order: the spec file first, then dockerd, the plugin, the temp dir.
-struct Env {
-    spec: SpecFile,
-    dockerd: Dockerd,
-    plugin: Plugin,
-    _dir: TempDir,
-    conf: std::path::PathBuf,
-}
-
-impl Env {
-    fn driver(&self) -> &str {
-        &self.spec.name
-    }
-}
-
-fn setup(prefix: &str) -> Option<Env> {
-    let conf = testkit::ceph_conf()?;
-    testkit::docker_host()?;
-    if !testkit::require_root() {
-        return None;
-    }
-    let dir = TempDir::new(prefix);
-    let plugin = Plugin::start(&PluginSpec::new(&conf, dir.path()));
-    let spec = SpecFile::new(&testkit::unique("rbd"), &plugin.socket);
-    let dockerd = Dockerd::start();
-    Some(Env {
-        conf,
-        _dir: dir,
-        dockerd,
-        plugin,
-        spec,
-    })
+fn setup(prefix: &str) -> Option<DockerEnv> {
+    DockerEnv::setup(prefix)
 }
 
 #[test]
@@ -56,12 +26,7 @@ fn volume_create_ls_inspect_rm() {
     let ceph = Ceph::new(&env.conf);
     let d = &env.dockerd;
     let v1 = testkit::unique("v1");
-    let _guard = VolumeGuard {
-        socket: env.plugin.socket.clone(),
-        ceph: env.conf.clone(),
-        pool: "rbd".into(),
-        name: v1.clone(),
-    };
+    let _guard = env.guard(&v1);
 
     let out = d.ok(&["volume", "create", "-d", env.driver(), "-o", "size=1G", &v1]);
     assert_eq!(out.trim(), v1);

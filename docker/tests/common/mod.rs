@@ -550,3 +550,143 @@ impl Drop for SpecFile {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// `docker ARGS` against `host`, which must succeed; its stdout.
+pub fn docker_ok(host: &str, args: &[&str]) -> String {
+    let out = run(
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", host)
+            .env_remove("DOCKER_CONTEXT"),
+        Duration::from_secs(120),
+    );
+    check(&format!("docker {}", args.join(" ")), &out)
+}
+
+/// A docker container removed (`docker rm -f`) in `Drop`.
+pub struct Container {
+    pub host: String,
+    pub name: String,
+}
+
+impl Container {
+    /// `docker run -d --name NAME --network none ARGS... IMAGE sh -c SCRIPT`.
+    pub fn run(dockerd: &Dockerd, args: &[&str], script: &str) -> Container {
+        let c = Container {
+            host: dockerd.host.clone(),
+            name: testkit::unique("c"),
+        };
+        let mut full = vec![
+            "run",
+            "-d",
+            "--name",
+            &c.name,
+            "--network",
+            "none",
+            "--pull",
+            "never",
+        ];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+        docker_ok(&c.host, &full);
+        c
+    }
+
+    /// `docker exec NAME sh -c SCRIPT`, which must succeed; its stdout.
+    pub fn exec(&self, script: &str) -> String {
+        docker_ok(&self.host, &["exec", &self.name, "sh", "-c", script])
+    }
+
+    /// `docker stop`.
+    pub fn stop(&self) {
+        docker_ok(&self.host, &["stop", "-t", "1", &self.name]);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            run(
+                Command::new("docker")
+                    .args(["rm", "-f", &self.name])
+                    .env("DOCKER_HOST", &self.host),
+                Duration::from_secs(120),
+            )
+        });
+    }
+}
+
+/// A plugin, a dockerd of its own that finds it under a unique name, and the cluster.
+/// Dropped in field order: the spec file, dockerd, the plugin, the temp dir.
+pub struct DockerEnv {
+    pub spec_file: SpecFile,
+    pub dockerd: Dockerd,
+    pub plugin: Plugin,
+    pub spec: PluginSpec,
+    pub dir: TempDir,
+    pub conf: PathBuf,
+}
+
+impl DockerEnv {
+    /// Needs `CEPH_CONF`, `DOCKER_HOST` (the dev dockerd gates these tests) and root.
+    pub fn setup(prefix: &str) -> Option<DockerEnv> {
+        let conf = testkit::ceph_conf()?;
+        testkit::docker_host()?;
+        if !testkit::require_root() {
+            return None;
+        }
+        let dir = TempDir::new(prefix);
+        let spec = PluginSpec::new(&conf, dir.path());
+        let plugin = Plugin::start(&spec);
+        let spec_file = SpecFile::new(&testkit::unique("rbd"), &plugin.socket);
+        let dockerd = Dockerd::start();
+        Some(DockerEnv {
+            spec_file,
+            dockerd,
+            plugin,
+            spec,
+            dir,
+            conf,
+        })
+    }
+
+    /// The driver name for `-d` / `--volume-driver`.
+    pub fn driver(&self) -> &str {
+        &self.spec_file.name
+    }
+
+    /// A guard removing volume `name` (through the plugin, else `rbd rm`) when dropped.
+    pub fn guard(&self, name: &str) -> VolumeGuard {
+        VolumeGuard {
+            socket: self.plugin.socket.clone(),
+            ceph: self.conf.clone(),
+            pool: "rbd".into(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Mount points under this test's directory (the plugin's mount root and FUSE dirs).
+    pub fn mounts(&self) -> Vec<String> {
+        let base = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&base))
+            .collect()
+    }
+
+    /// Loop devices whose backing file is under this test's directory.
+    pub fn loop_devices(&self) -> Vec<String> {
+        let base = self.dir.path().display().to_string();
+        let out = run(
+            Command::new("losetup").args(["-l", "-n", "-O", "NAME,BACK-FILE"]),
+            Duration::from_secs(30),
+        );
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&base))
+            .map(String::from)
+            .collect()
+    }
+}
