@@ -132,6 +132,8 @@ install_bin() {
   local src=$1 name=$2
   mkdir -p "$ROOT/usr/bin"
   cp -p "$src" "$ROOT/usr/bin/$name"
+  # Debug builds carry ~100 MB of debug info that the plugin never reads.
+  if command -v strip >/dev/null 2>&1; then strip --strip-debug "$ROOT/usr/bin/$name"; fi
   copy_libs "$src"
 }
 

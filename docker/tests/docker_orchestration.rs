@@ -219,7 +219,10 @@ fn swarm_service_keeps_its_data_across_update_force() {
     // it do so before the node description is built at `swarm init`.
     d.ok(&["volume", "ls"]);
     let info = d.ok(&["info", "--format", "{{json .Plugins.Volume}}"]);
-    assert!(info.contains(env.driver()), "dockerd does not list the plugin: {info}");
+    assert!(
+        info.contains(env.driver()),
+        "dockerd does not list the plugin: {info}"
+    );
     let _swarm = Swarm::init(d);
     let svc = testkit::unique("s");
     let vol = testkit::unique("s1");
