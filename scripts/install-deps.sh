@@ -17,6 +17,8 @@ PKGS=(
   docker-compose
   # Misc tools used by scripts, tests and benches.
   fio iproute2 iptables jq procps psmisc kmod uuid-runtime ca-certificates
+  # systemd-socket-activate, for the plugin's socket-activation test.
+  systemd
   # C toolchain bits for linking librados/librbd.
   gcc libc6-dev pkg-config
 )

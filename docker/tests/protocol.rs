@@ -394,3 +394,72 @@ fn bad_configuration_is_a_clear_error_at_startup() {
         assert!(!spec.socket.exists(), "a socket was left behind");
     }
 }
+
+#[test]
+fn serves_the_socket_passed_by_systemd_socket_activation() {
+    let Some((conf, dir)) = setup("proto-sd") else {
+        return;
+    };
+    let have = Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        have,
+        "systemd-socket-activate is missing (scripts/install-deps.sh installs systemd)"
+    );
+    let spec = PluginSpec::new(&conf, dir.path());
+    let activated = dir.path().join("activated.sock");
+    // What systemd does with docker-volume-rbd.socket: listen, and start the service with
+    // the listening socket as fd 3 on the first connection. The environment is not
+    // inherited; pass the plugin's with -E.
+    let plugin_cmd = spec.command();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l").arg(&activated);
+    for (k, v) in plugin_cmd.get_envs() {
+        if let Some(v) = v {
+            cmd.arg("-E")
+                .arg(format!("{}={}", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    cmd.arg(plugin_cmd.get_program());
+    let log = std::fs::File::create(dir.path().join("plugin.log")).unwrap();
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate");
+    let mut plugin = Plugin {
+        child: Some(child),
+        socket: activated.clone(),
+        log: dir.path().join("plugin.log"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !activated.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no socket from systemd-socket-activate"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts the plugin, which answers it on the inherited socket.
+    let r = http(
+        &activated,
+        "POST",
+        "/Plugin.Activate",
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.json(), json!({"Implements": ["VolumeDriver"]}));
+    plugin.wait_ready(Duration::from_secs(60));
+    assert!(
+        !spec.socket.exists(),
+        "the plugin bound its own socket although one was passed"
+    );
+    // On SIGTERM the plugin exits cleanly and leaves the socket to its owner (systemd).
+    let status = plugin.stop(Duration::from_secs(20)).expect("status");
+    assert!(status.success(), "{status}:\n{}", plugin.log_text());
+    assert!(activated.exists(), "the plugin removed systemd's socket");
+}
