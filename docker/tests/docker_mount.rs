@@ -282,3 +282,78 @@ fn volume_driver_flag_creates_the_volume_on_the_fly() {
     d.ok(&["volume", "rm", &v]);
     assert!(!ceph.image_exists("rbd", &v));
 }
+
+/// Seed 003: a database-like writer on node A writes and its container is destroyed; a new
+/// container on node B reads the same data. Two "nodes" here are two plugin instances
+/// (their own node id, state directory and mount root) with a dockerd each, on one cluster.
+#[test]
+fn data_written_on_node_a_is_read_on_node_b() {
+    let Some(a) = DockerEnv::setup("mnt-nodea") else {
+        return;
+    };
+    let Some(b) = DockerEnv::setup("mnt-nodeb") else {
+        return;
+    };
+    assert_ne!(a.spec.node_id, b.spec.node_id);
+    let v = testkit::unique("db");
+    let _guard = a.guard(&v);
+    a.dockerd
+        .ok(&["volume", "create", "-d", a.driver(), "-o", "size=256M", &v]);
+    // Node B's plugin finds the volume through the cluster-wide index.
+    let r = call(&b.plugin.socket, "VolumeDriver.Get", json!({"Name": v}));
+    assert_eq!(r.err(), "", "node B cannot see {v}");
+    let mnt = format!("{v}:/data");
+    let writer = "i=0; while [ $i -lt 200 ]; do echo \"row $i\" >> /data/table; i=$((i+1)); done; \
+                  sync; sha256sum /data/table | cut -d' ' -f1";
+    let sum_a = a.dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--pull",
+        "never",
+        "-v",
+        &mnt,
+        IMAGE,
+        "sh",
+        "-c",
+        writer,
+    ]);
+    assert_detached(&a, &v);
+
+    let sum_b = b.dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--pull",
+        "never",
+        "--volume-driver",
+        b.driver(),
+        "-v",
+        &mnt,
+        IMAGE,
+        "sh",
+        "-c",
+        "wc -l < /data/table; sha256sum /data/table | cut -d' ' -f1",
+    ]);
+    let lines: Vec<&str> = sum_b.lines().map(str::trim).collect();
+    assert_eq!(lines.first().copied(), Some("200"), "{sum_b}");
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(sum_a.trim()),
+        "node B read other data"
+    );
+    assert_detached(&b, &v);
+
+    // Node B's view of the volume: same image, created by node A.
+    let r = call(&b.plugin.socket, "VolumeDriver.Get", json!({"Name": v}));
+    assert_eq!(r.err(), "");
+    assert_eq!(
+        r.json()["Volume"]["Status"]["created_by"],
+        json!(a.spec.node_id),
+        "{}",
+        text(&r.body)
+    );
+    a.dockerd.ok(&["volume", "rm", &v]);
+}
