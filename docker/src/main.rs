@@ -79,8 +79,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("{cfg:#?}");
-        println!("{:#?}", dcfg.defaults);
+        use std::io::Write;
+        // A closed pipe (`| head`) is not an error here.
+        let _ = writeln!(std::io::stdout(), "{cfg:#?}\n{:#?}", dcfg.defaults);
         return ExitCode::SUCCESS;
     }
     let factory: app::BackendFactory = Box::new(move |_cfg: &PluginConfig| {

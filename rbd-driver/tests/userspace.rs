@@ -977,3 +977,29 @@ fn unmapping_an_unknown_mapping_is_an_error() {
     assert!(e.to_string().contains("0123456789ab"), "{e}");
     fx.mapper.check_available().unwrap();
 }
+
+#[test]
+fn a_run_dir_behind_a_symlink_works() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-link", 16 * MIB);
+    let link = fx.run.path().with_extension("link");
+    std::os::unix::fs::symlink(fx.run.path(), &link).unwrap();
+    struct Unlink(PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _u = Unlink(link.clone());
+    let mapper = UserspaceMapper::new(&MapperConfig {
+        run_dir: link,
+        umap_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_rbd-umap"))),
+        ..MapperConfig::default()
+    });
+    let m = mapper.map(&fx.req(&img)).unwrap();
+    assert_eq!(mapper.list().unwrap(), vec![m.clone()]);
+    direct_write(&m.device, 0, &pattern(81, 4096)).unwrap();
+    mapper.unmap(&m, false).unwrap();
+    assert!(mapper.list().unwrap().is_empty());
+    assert!(mapper.entries().unwrap().is_empty());
+}

@@ -157,7 +157,6 @@ fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     // Remove from another node: names the mapping's client and address.
     let addr = mappings(&cfg, POOL, &id)[0]
         .client_addr
-        .clone()
         .expect("the userspace mapper reports its client address")
         .to_legacy_string();
     let e = b.remove(&name, true).unwrap_err();
@@ -456,4 +455,57 @@ fn recovery_unmounts_and_unmaps_an_attachment_the_state_file_lost() {
     );
     assert_detached(&env, &cfg, &name, &id, &pids);
     d.remove(&name, false).unwrap();
+}
+
+#[test]
+fn a_failed_format_at_create_rolls_back_and_attach_applies_options_and_fsck() {
+    let Some(env) = env(true) else { return };
+    let mut cfg = node_config(&env, "a");
+    cfg.defaults.format_at = FormatAt::Create;
+    cfg.defaults.fsck_on_attach = true;
+    let d = env.driver_with(cfg.clone());
+    // xfs needs 300 MiB: mkfs fails on 64 MiB, so the create fails after the image was
+    // made and mapped. Everything is rolled back.
+    let name = env.name("fail");
+    let e = d
+        .create(&name, &spec(&[("size", "64M"), ("fstype", "xfs")]))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("mkfs") || format!("{e:?}").contains("mkfs.xfs"),
+        "{e:?}"
+    );
+    env.assert_nothing(POOL, "", &name);
+    assert!(super_mounts_clean(&cfg));
+
+    // Mount options from the volume are applied; fsck runs before the read-write mount.
+    let name = env.name("opts");
+    let id = d
+        .create(
+            &name,
+            &spec(&[("size", "32M"), ("mount-options", "noatime,nodev,noexec")]),
+        )
+        .unwrap()
+        .image_id;
+    let mp = d.attach(&name, "m1", None).unwrap();
+    let m = mount_at(&mp).unwrap();
+    for o in ["noatime", "nodev", "noexec"] {
+        assert!(
+            m.mount_options.split(',').any(|x| x == o),
+            "{o} not in {}",
+            m.mount_options
+        );
+    }
+    write_file(&mp.join("f"), 64 << 10, 1);
+    d.detach(&name, "m1").unwrap();
+    let mp = d.attach(&name, "m2", None).unwrap();
+    assert!(mp.join("f").is_file());
+    d.detach(&name, "m2").unwrap();
+    assert_detached(&env, &cfg, &name, &id, &[]);
+    d.remove(&name, false).unwrap();
+}
+
+fn super_mounts_clean(cfg: &rbd_driver::volume::DriverConfig) -> bool {
+    volume_support::attach::mounts_under(&cfg.mount_root).is_empty()
+        && volume_support::attach::mounts_under(&cfg.mapper.run_dir).is_empty()
+        && volume_support::attach::loops_under(&cfg.mapper.run_dir).is_empty()
 }

@@ -426,7 +426,7 @@ fn a_driver_restart_keeps_healthy_attachments_and_drops_dead_ones() {
     // driver unmounts, unmaps and drops the references.
     let pids = mapper_pids(&cfg, &id);
     assert_eq!(pids.len(), 1);
-    let dead_addr = mappings(&cfg, POOL, &id)[0].client_addr.clone().unwrap();
+    let dead_addr = mappings(&cfg, POOL, &id)[0].client_addr.unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0] as i32),
         nix::sys::signal::Signal::SIGKILL,

@@ -626,3 +626,51 @@ fn volumes_in_a_namespace_and_with_a_data_pool_are_found_by_name() {
         std::panic::resume_unwind(p);
     }
 }
+
+#[test]
+fn an_abandoned_create_of_a_dead_node_blocks_the_name_only_until_it_is_stale() {
+    let Some(env) = env(false) else { return };
+    let name = env.name("ghost");
+    // Node "ghost" claimed the name and made the image, then died.
+    let now = rbd_driver::volume::index::now_secs();
+    let entry = rbd_driver::volume::IndexEntry {
+        pool: POOL.into(),
+        namespace: String::new(),
+        image: name.clone(),
+        image_id: String::new(),
+        state: EntryState::Creating,
+        node: "ghost".into(),
+        token: "ghost-token".into(),
+        created_at: now,
+        updated_at: now,
+    };
+    assert!(env.index().claim(&name, &entry).unwrap().is_none());
+    env.raw_image(&name, 8 << 20);
+    Image::open(&env.io(POOL, ""), &name, &OpenOptions::new())
+        .unwrap()
+        .metadata_set("rbd-volumes.token", "ghost-token")
+        .unwrap();
+
+    let d = env.driver("a");
+    let e = d.create(&name, &spec(&[("size", "16M")])).unwrap_err();
+    assert!(matches!(e, DriverError::VolumeExists(_)), "{e}");
+    assert!(e.to_string().contains("ghost"), "names the node: {e}");
+    assert!(matches!(d.get(&name), Err(DriverError::NoSuchVolume(_))));
+    let e = d.remove(&name, false).unwrap_err();
+    assert!(e.to_string().contains("ghost"), "{e}");
+
+    // Once it is older than stale_after, any node cleans it up and can use the name.
+    let mut cfg = env.config("a");
+    cfg.stale_after = std::time::Duration::from_secs(1);
+    let d = env.driver_with(cfg);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let info = d.create(&name, &spec(&[("size", "16M")])).unwrap();
+    let e = env.index_entry(&name).unwrap();
+    assert_eq!(e.state, EntryState::Ready);
+    assert_eq!(e.node, "test-a");
+    assert_eq!(e.image_id, info.image_id);
+    assert_eq!(env.meta(POOL, "", &name)["rbd-volumes.token"], e.token);
+    assert_eq!(info.size, 16 << 20);
+    d.remove(&name, false).unwrap();
+    env.assert_nothing(POOL, "", &name);
+}

@@ -341,6 +341,26 @@ impl LoopDevice {
         Ok(())
     }
 
+    /// Caps the size of the requests the device sends to its backing file
+    /// (`/sys/block/loopN/queue/max_sectors_kb`, at most `max_hw_sectors_kb`); returns the
+    /// value in effect.
+    pub fn set_max_request_kb(&self, kb: u32) -> Result<u32> {
+        let q = sys_dir(self.number).join("queue");
+        let hw: u32 = read_sys(&q.join("max_hw_sectors_kb"))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(kb);
+        let want = kb.min(hw).max(4);
+        std::fs::write(q.join("max_sectors_kb"), want.to_string()).map_err(|e| {
+            DriverError::io(
+                format!("setting {}/max_sectors_kb to {want}", q.display()),
+                e,
+            )
+        })?;
+        Ok(read_sys(&q.join("max_sectors_kb"))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(want))
+    }
+
     /// What sysfs says about this device now (`None` once detached).
     pub fn info(&self) -> Option<LoopInfo> {
         info(self.number)
@@ -650,6 +670,7 @@ mod tests {
         assert!(!info.read_only);
         assert!(!info.autoclear);
         assert!(list().unwrap().contains(&info));
+        assert_eq!(dev.set_max_request_kb(1024).unwrap(), 1024);
         // Size is the file's.
         let mut f = OpenOptions::new()
             .read(true)

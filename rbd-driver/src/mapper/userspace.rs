@@ -186,6 +186,12 @@ impl UserspaceMapper {
         self
     }
 
+    /// The run directory with symlinks resolved (the kernel reports mount points and loop
+    /// backing files that way).
+    fn run_dir(&self) -> PathBuf {
+        std::fs::canonicalize(&self.cfg.run_dir).unwrap_or_else(|_| self.cfg.run_dir.clone())
+    }
+
     /// The `rbd-umap` binary this mapper starts.
     pub fn umap_bin(&self) -> Result<PathBuf> {
         let unavailable = |reason: String| DriverError::BackendUnavailable {
@@ -266,7 +272,7 @@ impl UserspaceMapper {
     /// Every record with its current state. Changes nothing.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for (path, rec) in record::read_all(&self.cfg.run_dir) {
+        for (path, rec) in record::read_all(&self.run_dir()) {
             let Ok(record) = rec else { continue };
             let bound = record
                 .loop_number()
@@ -299,7 +305,7 @@ impl UserspaceMapper {
         let mut removed = Vec::new();
         for e in self.entries()? {
             if e.is_garbage() {
-                let paths = Paths::new(&self.cfg.run_dir, &e.record.token);
+                let paths = Paths::new(&self.run_dir(), &e.record.token);
                 let _ = std::fs::remove_dir(paths.mountpoint());
                 let _ = std::fs::remove_file(paths.asok());
                 if std::fs::remove_file(&e.path).is_ok() {
@@ -430,7 +436,7 @@ impl Mapper for UserspaceMapper {
         let bin = self.umap_bin()?;
         record::ensure_dir(&self.cfg.run_dir)?;
         let token = new_token();
-        let paths = Paths::new(&self.cfg.run_dir, &token);
+        let paths = Paths::new(&self.run_dir(), &token);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -438,7 +444,7 @@ impl Mapper for UserspaceMapper {
             .map_err(|e| DriverError::io(format!("creating {}", paths.log().display()), e))?;
         let serve = ServeRequest {
             request: req.clone(),
-            run_dir: self.cfg.run_dir.clone(),
+            run_dir: self.run_dir(),
             token: token.clone(),
             check_interval_ms: self.check_interval.map(|d| d.as_millis() as u64),
         };
@@ -531,7 +537,7 @@ impl Mapper for UserspaceMapper {
     fn unmap(&self, mapping: &Mapping, force: bool) -> Result<()> {
         let entry = self.find(mapping)?;
         let r = &entry.record;
-        let paths = Paths::new(&self.cfg.run_dir, &r.token);
+        let paths = Paths::new(&self.run_dir(), &r.token);
         let spec = r.mapping(None).spec();
         let n = r.loop_number();
         if matches!(entry.state, EntryState::Running | EntryState::Detaching) {
@@ -614,7 +620,7 @@ impl Mapper for UserspaceMapper {
                 EntryState::Running => out.push(e.record.mapping(Some(e.record.pid))),
                 EntryState::Detaching => {}
                 EntryState::Dead { .. } if e.is_garbage() => {
-                    let paths = Paths::new(&self.cfg.run_dir, &e.record.token);
+                    let paths = Paths::new(&self.run_dir(), &e.record.token);
                     let _ = std::fs::remove_dir(paths.mountpoint());
                     let _ = std::fs::remove_file(paths.asok());
                     let _ = std::fs::remove_file(&e.path);

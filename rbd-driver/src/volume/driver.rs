@@ -589,3 +589,36 @@ fn restrict(dir: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
         .map_err(|e| DriverError::io(format!("setting the mode of {}", dir.display()), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_is_send_and_sync_and_mount_ids_are_checked() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Driver>();
+        check::<VolumeInfo>();
+        for ok in ["m1", &"a".repeat(64), "abc:def-1.2_3"] {
+            validate_mount_id(ok).unwrap();
+        }
+        for bad in ["", "a/b", "x y", "a\0", &"m".repeat(129)] {
+            let e = validate_mount_id(bad).unwrap_err().to_string();
+            assert!(e.contains("mount id"), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_config() {
+        let c = DriverConfig::new(CephAuth {
+            conf: "/etc/ceph/ceph.conf".into(),
+            id: "admin".into(),
+            keyring: None,
+        });
+        assert_eq!(c.node_id, hostname());
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/rbd-volumes"));
+        assert_eq!(c.mount_root, PathBuf::from("/var/lib/rbd-volumes/mounts"));
+        assert_eq!(c.defaults.pool, "rbd");
+        assert!(c.backend.is_none());
+    }
+}

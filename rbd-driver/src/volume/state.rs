@@ -160,6 +160,9 @@ impl State {
     }
 }
 
+/// How long [`StateStore::lock`] waits.
+pub const STATE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The state file and its lock.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -201,7 +204,10 @@ impl StateStore {
         Ok(r)
     }
 
-    /// Takes the exclusive lock, blocking until other holders release it.
+    /// Takes the exclusive lock, waiting for other holders to release it (they hold it
+    /// only for one read-modify-write of the file). Gives up with
+    /// [`DriverError::Timeout`] after [`STATE_LOCK_TIMEOUT`], so a wedged holder cannot
+    /// hang every operation.
     pub fn lock(&self) -> Result<StateLock> {
         let p = self.dir.join("state.lock");
         let f = OpenOptions::new()
@@ -211,15 +217,28 @@ impl StateStore {
             .write(true)
             .open(&p)
             .map_err(|e| DriverError::io(format!("opening {}", p.display()), e))?;
-        // SAFETY: flock on a valid, open file descriptor owned by `f`.
-        let ret = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if ret != 0 {
-            return Err(DriverError::io(
-                format!("locking {}", p.display()),
-                std::io::Error::last_os_error(),
-            ));
+        let deadline = std::time::Instant::now() + STATE_LOCK_TIMEOUT;
+        loop {
+            // SAFETY: flock on a valid, open file descriptor owned by `f`.
+            let ret = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if ret == 0 {
+                return Ok(StateLock { _file: f });
+            }
+            let err = std::io::Error::last_os_error();
+            if !matches!(
+                err.raw_os_error(),
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR)
+            ) {
+                return Err(DriverError::io(format!("locking {}", p.display()), err));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(DriverError::Timeout {
+                    what: format!("waiting for the state lock {}", p.display()),
+                    secs: STATE_LOCK_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        Ok(StateLock { _file: f })
     }
 
     /// Loads the state; a missing file is an empty state.

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rbd_core::{ConnectOptions, EntityAddr, Image, OpenOptions, Rados, Timeouts};
 use serde::{Deserialize, Serialize};
 
-use super::fusefs::{ImageFs, Shared};
+use super::fusefs::{self, ImageFs, Shared};
 use super::procinfo;
 use super::rbd_backend::RbdBackend;
 use super::record::{self, ExitReport, Paths, RECORD_VERSION, Record};
@@ -198,8 +198,8 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         return exit::USAGE;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("rbd-umap:io")
+        .worker_threads(1)
+        .thread_name("rbd-umap:rt")
         .enable_all()
         .build()
     {
@@ -218,8 +218,11 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         .unwrap_or(DEFAULT_IO_TIMEOUT_SECS)
         .max(1);
     let forced = Arc::new(AtomicBool::new(false));
+    // Resolve symlinks: the kernel names mount points and loop backing files that way.
+    let _ = record::ensure_dir(&req.run_dir);
+    let run_dir = std::fs::canonicalize(&req.run_dir).unwrap_or_else(|_| req.run_dir.clone());
     let mut m = Mapper {
-        paths: Paths::new(&req.run_dir, &req.token),
+        paths: Paths::new(&run_dir, &req.token),
         rados: None,
         image: None,
         backend: None,
@@ -242,7 +245,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
             "read-write"
         }
     );
-    let mapping = match m.setup(&req, io_timeout, rt.handle()) {
+    let mapping = match m.setup(&req, io_timeout) {
         Ok(mapping) => mapping,
         Err(e) => {
             log!("map failed: {e}");
@@ -316,12 +319,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
 }
 
 impl Mapper {
-    fn setup(
-        &mut self,
-        req: &ServeRequest,
-        io_timeout: u32,
-        rt: &tokio::runtime::Handle,
-    ) -> Result<Mapping, String> {
+    fn setup(&mut self, req: &ServeRequest, io_timeout: u32) -> Result<Mapping, String> {
         let r = &req.request;
         if r.image_id.is_empty() {
             return Err("no image id given: mappings are made by image id".into());
@@ -391,7 +389,7 @@ impl Mapper {
         self.shared = Some(shared.clone());
         let backend = Arc::new(RbdBackend::new(image));
         self.backend = Some(backend.clone());
-        let fs = ImageFs::new(backend, shared, rt.clone(), read_only);
+        let fs = ImageFs::new(backend, shared, read_only);
         let fsname: String = format!("rbd-umap:{}", r.spec())
             .chars()
             .map(|c| {
@@ -445,6 +443,11 @@ impl Mapper {
         )
         .map_err(|e| super::chain(&e))?;
         drop(file);
+        // Split the device's requests where FUSE splits them (max_write), so that each
+        // loop request is one FUSE request and one librbd request.
+        if let Err(e) = dev.set_max_request_kb(fusefs::MAX_WRITE / 1024) {
+            log!("note: {}", super::chain(&e));
+        }
         let device = dev.path();
         self.dev = Some(dev);
 
@@ -680,45 +683,66 @@ impl Mapper {
             b.take();
         }
         if let Some(image) = self.image.take() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let mut image = Some(image);
-            let owned = loop {
-                match Arc::try_unwrap(image.take().expect("present")) {
-                    Ok(i) => break Some(i),
-                    Err(shared) if Instant::now() < deadline => {
-                        image = Some(shared);
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(_) => break None,
-                }
+            // I/Os the backend has not completed keep references to the image that their
+            // completion (on librbd's thread) would drop: never close under them.
+            let outstanding = || {
+                self.shared
+                    .as_ref()
+                    .map_or(0, |s| s.stats.outstanding.load(Ordering::SeqCst))
             };
-            match owned {
-                None => errors.push("the image is still referenced; not closed".into()),
-                Some(img) => {
-                    let locked = self.locked;
-                    let fenced = matches!(stop, Stop::Fenced(_));
-                    let r = bounded("closing the image", self.teardown_timeout, move || {
-                        let mut errs = Vec::new();
-                        if locked
-                            && !fenced
-                            && let Err(e) = img.lock_release()
-                        {
-                            errs.push(format!("releasing the exclusive lock: {e}"));
-                        }
-                        if let Err(e) = img.close() {
-                            errs.push(format!("closing the image: {e}"));
-                        }
-                        errs
-                    });
-                    match r {
-                        Ok(errs) if matches!(stop, Stop::Fenced(_)) => {
-                            for e in errs {
-                                log!("(fenced) {e}");
+            let wait = if graceful {
+                self.teardown_timeout
+            } else {
+                Duration::from_secs(2)
+            };
+            let deadline = Instant::now() + wait;
+            while outstanding() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let fenced = matches!(stop, Stop::Fenced(_));
+            if outstanding() > 0 {
+                let msg = format!(
+                    "{} I/Os are still outstanding in librbd; the image is left to the \
+                     process exit",
+                    outstanding()
+                );
+                std::mem::forget(image);
+                if fenced {
+                    log!("(fenced) {msg}");
+                } else {
+                    errors.push(msg);
+                }
+            } else {
+                match Arc::try_unwrap(image) {
+                    Err(image) => {
+                        std::mem::forget(image);
+                        errors.push("the image is still referenced; not closed".into());
+                    }
+                    Ok(img) => {
+                        let locked = self.locked;
+                        let r = bounded("closing the image", self.teardown_timeout, move || {
+                            let mut errs = Vec::new();
+                            if locked
+                                && !fenced
+                                && let Err(e) = img.lock_release()
+                            {
+                                errs.push(format!("releasing the exclusive lock: {e}"));
                             }
+                            if let Err(e) = img.close() {
+                                errs.push(format!("closing the image: {e}"));
+                            }
+                            errs
+                        });
+                        match r {
+                            Ok(errs) if fenced => {
+                                for e in errs {
+                                    log!("(fenced) {e}");
+                                }
+                            }
+                            Ok(errs) => errors.extend(errs),
+                            Err(e) if fenced => log!("(fenced) {e}"),
+                            Err(e) => errors.push(e),
                         }
-                        Ok(errs) => errors.extend(errs),
-                        Err(e) if matches!(stop, Stop::Fenced(_)) => log!("(fenced) {e}"),
-                        Err(e) => errors.push(e),
                     }
                 }
             }

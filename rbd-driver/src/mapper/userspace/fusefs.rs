@@ -1,11 +1,15 @@
 //! The FUSE side of the userspace mapper: one directory holding one file, `image`, whose
 //! bytes are the block device's.
 //!
-//! Requests are served concurrently: each read, write, fsync or fallocate submits its I/O
-//! to the [`BlockBackend`] on the FUSE thread that received it, then hands the reply
-//! object to a tokio task that awaits the I/O and replies. Every I/O has a deadline: past
-//! it, or once the mapper is [fenced](Shared::fence), the reply is `EIO` and the I/O is
-//! abandoned (the backend must tolerate that).
+//! Requests are served concurrently and without a thread hop per I/O: each read, write,
+//! fsync or fallocate submits its I/O to the [`BlockBackend`] on the FUSE thread that
+//! received it and polls the returned future once; the future's waker polls it again
+//! where the completion is signalled (for RBD, librbd's completion thread) and sends the
+//! FUSE reply from there. Every I/O is registered in a table with its deadline: a
+//! watchdog thread fails it with `EIO` once the deadline passes, and [`Shared::fence`]
+//! fails every registered I/O at once. Whichever comes first (completion, deadline,
+//! fence) replies; the others find the reply gone. An abandoned I/O's future is kept
+//! until the backend completes it (the backend must tolerate a late completion).
 //!
 //! Files are opened with `FOPEN_DIRECT_IO` (no FUSE page cache) and
 //! `FOPEN_PARALLEL_DIRECT_WRITES`; the session asks for `FUSE_ASYNC_DIO` so the loop
@@ -14,9 +18,10 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -28,7 +33,7 @@ use tokio::sync::watch;
 /// The name of the one file in the mount.
 pub(crate) const FILE_NAME: &str = "image";
 /// Its inode number.
-const FILE_INO: INodeNo = INodeNo(2);
+pub(crate) const FILE_INO: INodeNo = INodeNo(2);
 /// Largest FUSE write (and read) request we ask for.
 pub(crate) const MAX_WRITE: u32 = 1 << 20;
 /// How many asynchronous (background) requests the kernel may have outstanding.
@@ -48,7 +53,8 @@ pub(crate) enum IoError {
 /// An I/O in flight.
 pub(crate) type IoFuture<T> = Pin<Box<dyn Future<Output = Result<T, IoError>> + Send>>;
 
-/// Where the bytes live. Methods submit at once and return the completion.
+/// Where the bytes live. Methods submit at once and return the completion, which may be
+/// polled from any thread.
 pub(crate) trait BlockBackend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset` (short only at the end of the device).
     fn read(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>>;
@@ -72,27 +78,73 @@ pub(crate) struct Stats {
     pub(crate) flushes: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    /// I/Os whose reply has not been sent yet.
     pub(crate) in_flight: AtomicU64,
+    /// Backend futures not yet completed (including I/Os failed at their deadline or by
+    /// the fence that the backend has not finished yet).
+    pub(crate) outstanding: AtomicU64,
 }
 
-/// State shared by the filesystem, its I/O tasks and the mapper's main loop.
-#[derive(Debug)]
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Something registered that can be failed.
+trait Pending: Send + Sync {
+    fn fail(&self, errno: Errno);
+}
+
+/// One registered I/O: its unique id, its deadline, and how to fail it.
+type Slot = (u64, Instant, Arc<dyn Pending>);
+
+/// The table of registered I/Os: a slab of [`Slot`]s.
+#[derive(Default)]
+struct Table {
+    fenced: bool,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    next_id: u64,
+}
+
+/// State shared by the filesystem, its I/Os, the watchdog and the mapper's main loop.
 pub(crate) struct Shared {
     fence: watch::Sender<Option<String>>,
+    fenced: AtomicBool,
+    table: Mutex<Table>,
     pub(crate) stats: Stats,
     size: AtomicU64,
     timeout: Duration,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("fenced", &self.fenced())
+            .field("size", &self.size())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Shared {
-    /// A mapper of `size` bytes whose I/O must finish within `timeout`.
+    /// A mapper of `size` bytes whose I/O must finish within `timeout`. Starts the
+    /// deadline watchdog thread, which ends with the last reference.
     pub(crate) fn new(size: u64, timeout: Duration) -> Arc<Shared> {
-        Arc::new(Shared {
+        let shared = Arc::new(Shared {
             fence: watch::Sender::new(None),
+            fenced: AtomicBool::new(false),
+            table: Mutex::new(Table::default()),
             stats: Stats::default(),
             size: AtomicU64::new(size),
             timeout,
-        })
+        });
+        let weak = Arc::downgrade(&shared);
+        let tick = (timeout / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let _ = std::thread::Builder::new()
+            .name("rbd-umap:deadline".into())
+            .stack_size(256 * 1024)
+            .spawn(move || deadline_watchdog(weak, tick));
+        shared
     }
 
     /// Fails every pending and future I/O with `EIO`. The first reason wins.
@@ -106,11 +158,34 @@ impl Shared {
                 false
             }
         });
+        self.fenced.store(true, Ordering::SeqCst);
+        let victims: Vec<Arc<dyn Pending>> = {
+            let mut t = lock(&self.table);
+            t.fenced = true;
+            let mut v = Vec::new();
+            for i in 0..t.slots.len() {
+                if let Some((_, _, op)) = t.slots[i].take() {
+                    v.push(op);
+                    t.free.push(i);
+                }
+            }
+            v
+        };
+        for op in victims {
+            op.fail(Errno::EIO);
+        }
     }
 
     /// Why we are fenced, if we are.
     pub(crate) fn fenced(&self) -> Option<String> {
+        if !self.fenced.load(Ordering::Relaxed) {
+            return None;
+        }
         self.fence.borrow().clone()
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     /// A receiver that sees the fence.
@@ -128,35 +203,178 @@ impl Shared {
         self.size.store(size, Ordering::Relaxed);
     }
 
-    /// Awaits `io` within the deadline, unless fenced first.
-    async fn complete<T>(&self, io: IoFuture<T>) -> Result<T, Errno> {
-        let mut fence = self.fence.subscribe();
-        if fence.borrow().is_some() {
-            return Err(Errno::EIO);
+    /// Registers an I/O; `None` once fenced.
+    fn register(&self, op: Arc<dyn Pending>) -> Option<(usize, u64)> {
+        let deadline = Instant::now() + self.timeout;
+        let mut t = lock(&self.table);
+        if t.fenced {
+            return None;
         }
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let r = tokio::select! {
-            biased;
-            _ = fence.wait_for(Option::is_some) => Err(Errno::EIO),
-            r = tokio::time::timeout(self.timeout, io) => match r {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(IoError::Errno(e))) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    Err(Errno::from_i32(e))
-                }
-                Ok(Err(IoError::Blocklisted(why))) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    self.fence(why);
-                    Err(Errno::EIO)
-                }
-                Err(_elapsed) => {
-                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                    Err(Errno::EIO)
-                }
-            },
+        t.next_id += 1;
+        let id = t.next_id;
+        let entry = Some((id, deadline, op));
+        let key = match t.free.pop() {
+            Some(k) => {
+                t.slots[k] = entry;
+                k
+            }
+            None => {
+                t.slots.push(entry);
+                t.slots.len() - 1
+            }
         };
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        r
+        Some((key, id))
+    }
+
+    /// Unregisters a completed I/O (if the deadline or the fence did not take it first).
+    fn unregister(&self, key: usize, id: u64) {
+        let mut t = lock(&self.table);
+        if let Some(slot) = t.slots.get_mut(key)
+            && slot.as_ref().is_some_and(|(i, _, _)| *i == id)
+        {
+            *slot = None;
+            t.free.push(key);
+        }
+    }
+
+    /// Takes the registered I/Os whose deadline has passed.
+    fn expired(&self, now: Instant) -> Vec<Arc<dyn Pending>> {
+        let mut t = lock(&self.table);
+        let mut v = Vec::new();
+        for i in 0..t.slots.len() {
+            if t.slots[i].as_ref().is_some_and(|(_, d, _)| *d <= now)
+                && let Some((_, _, op)) = t.slots[i].take()
+            {
+                v.push(op);
+                t.free.push(i);
+            }
+        }
+        v
+    }
+
+    /// Submits `io` and arranges for `finish` to get its outcome exactly once: from the
+    /// completion, the deadline, or the fence.
+    fn submit<T: Send + 'static>(
+        self: &Arc<Self>,
+        io: IoFuture<T>,
+        finish: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        self.stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let op = Arc::new(Op {
+            shared: Arc::downgrade(self),
+            key: OnceLock::new(),
+            state: Mutex::new(OpState {
+                fut: Some(io),
+                finish: Some(Box::new(finish)),
+            }),
+        });
+        match self.register(op.clone()) {
+            Some(k) => {
+                let _ = op.key.set(k);
+                op.poll();
+            }
+            None => op.fail(Errno::EIO),
+        }
+    }
+}
+
+/// Fails I/Os past their deadline, every `tick`, until the [`Shared`] is gone.
+fn deadline_watchdog(shared: Weak<Shared>, tick: Duration) {
+    loop {
+        std::thread::sleep(tick);
+        let Some(s) = shared.upgrade() else { return };
+        let expired = s.expired(Instant::now());
+        for op in expired {
+            s.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            op.fail(Errno::EIO);
+        }
+    }
+}
+
+/// What an I/O replies with.
+type Finish<T> = Box<dyn FnOnce(Result<T, Errno>) + Send>;
+
+struct OpState<T> {
+    fut: Option<IoFuture<T>>,
+    finish: Option<Finish<T>>,
+}
+
+/// One I/O: its future, its reply, and its place in the table.
+struct Op<T> {
+    shared: Weak<Shared>,
+    key: OnceLock<(usize, u64)>,
+    state: Mutex<OpState<T>>,
+}
+
+impl<T: Send + 'static> Op<T> {
+    /// Polls the future; on completion, unregisters and replies.
+    fn poll(self: &Arc<Self>) {
+        let waker = Waker::from(self.clone());
+        let mut st = lock(&self.state);
+        let Some(fut) = st.fut.as_mut() else { return };
+        let r = match fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => return,
+            Poll::Ready(r) => r,
+        };
+        st.fut = None;
+        let finish = st.finish.take();
+        drop(st);
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        shared.stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if let Some(&(key, id)) = self.key.get() {
+            shared.unregister(key, id);
+        }
+        let r = match r {
+            Ok(v) => Ok(v),
+            Err(IoError::Errno(e)) => {
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(Errno::from_i32(e))
+            }
+            Err(IoError::Blocklisted(why)) => {
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                shared.fence(why);
+                Err(Errno::EIO)
+            }
+        };
+        if let Some(f) = finish {
+            shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            f(r);
+        }
+    }
+}
+
+impl<T> Drop for Op<T> {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if st.fut.is_some()
+            && let Some(s) = self.shared.upgrade()
+        {
+            s.stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: Send + 'static> Pending for Op<T> {
+    fn fail(&self, errno: Errno) {
+        let finish = lock(&self.state).finish.take();
+        if let Some(f) = finish {
+            if let Some(s) = self.shared.upgrade() {
+                s.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            f(Err(errno));
+        }
+    }
+}
+
+impl<T: Send + 'static> Wake for Op<T> {
+    fn wake(self: Arc<Self>) {
+        self.poll();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.poll();
     }
 }
 
@@ -164,7 +382,6 @@ impl Shared {
 pub(crate) struct ImageFs<B: BlockBackend> {
     backend: Arc<B>,
     shared: Arc<Shared>,
-    rt: tokio::runtime::Handle,
     read_only: bool,
     uid: u32,
     gid: u32,
@@ -172,17 +389,11 @@ pub(crate) struct ImageFs<B: BlockBackend> {
 }
 
 impl<B: BlockBackend> ImageFs<B> {
-    /// Serves `backend` with I/O tasks on `rt`.
-    pub(crate) fn new(
-        backend: Arc<B>,
-        shared: Arc<Shared>,
-        rt: tokio::runtime::Handle,
-        read_only: bool,
-    ) -> Self {
+    /// Serves `backend`.
+    pub(crate) fn new(backend: Arc<B>, shared: Arc<Shared>, read_only: bool) -> Self {
         Self {
             backend,
             shared,
-            rt,
             read_only,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
@@ -291,7 +502,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         if self.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        if self.shared.fenced().is_some() {
+        if self.shared.is_fenced() {
             return reply.error(Errno::EIO);
         }
         reply.opened(
@@ -314,7 +525,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         if ino != FILE_INO {
             return reply.error(Errno::EISDIR);
         }
-        if self.shared.fenced().is_some() {
+        if self.shared.is_fenced() {
             return reply.error(Errno::EIO);
         }
         let Some(len) = self.clamp(offset, u64::from(size)) else {
@@ -323,17 +534,15 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         self.shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         let io = self.backend.read(offset, len as usize);
         let shared = self.shared.clone();
-        self.rt.spawn(async move {
-            match shared.complete(io).await {
-                Ok(buf) => {
-                    shared
-                        .stats
-                        .bytes_read
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                    reply.data(&buf);
-                }
-                Err(e) => reply.error(e),
+        self.shared.submit(io, move |r| match r {
+            Ok(buf) => {
+                shared
+                    .stats
+                    .bytes_read
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                reply.data(&buf);
             }
+            Err(e) => reply.error(e),
         });
     }
 
@@ -355,7 +564,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         if self.read_only {
             return reply.error(Errno::EROFS);
         }
-        if self.shared.fenced().is_some() {
+        if self.shared.is_fenced() {
             return reply.error(Errno::EIO);
         }
         let Some(len) = self.clamp(offset, data.len() as u64) else {
@@ -364,17 +573,15 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
         let io = self.backend.write(offset, data[..len as usize].to_vec());
         let shared = self.shared.clone();
-        self.rt.spawn(async move {
-            match shared.complete(io).await {
-                Ok(n) => {
-                    shared
-                        .stats
-                        .bytes_written
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    reply.written(u32::try_from(n).unwrap_or(u32::MAX));
-                }
-                Err(e) => reply.error(e),
+        self.shared.submit(io, move |r| match r {
+            Ok(n) => {
+                shared
+                    .stats
+                    .bytes_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                reply.written(u32::try_from(n).unwrap_or(u32::MAX));
             }
+            Err(e) => reply.error(e),
         });
     }
 
@@ -401,17 +608,14 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         if self.read_only {
             return reply.ok();
         }
-        if self.shared.fenced().is_some() {
+        if self.shared.is_fenced() {
             return reply.error(Errno::EIO);
         }
         self.shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
         let io = self.backend.flush();
-        let shared = self.shared.clone();
-        self.rt.spawn(async move {
-            match shared.complete(io).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        self.shared.submit(io, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -431,7 +635,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         if self.read_only {
             return reply.error(Errno::EROFS);
         }
-        if self.shared.fenced().is_some() {
+        if self.shared.is_fenced() {
             return reply.error(Errno::EIO);
         }
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
@@ -451,12 +655,9 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
             libc::FALLOC_FL_ZERO_RANGE => self.backend.write_zeroes(offset, len),
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        let shared = self.shared.clone();
-        self.rt.spawn(async move {
-            match shared.complete(io).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        self.shared.submit(io, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -508,6 +709,7 @@ mod tests {
         file: Arc<File>,
         stall: Arc<AtomicBool>,
         blocklisted: Arc<AtomicBool>,
+        rt: tokio::runtime::Handle,
     }
 
     impl FileBackend {
@@ -518,15 +720,16 @@ mod tests {
             let file = self.file.clone();
             let stall = self.stall.load(Ordering::SeqCst);
             let bl = self.blocklisted.load(Ordering::SeqCst);
+            let job = (!bl && !stall).then(|| self.rt.spawn_blocking(move || f(&file)));
             Box::pin(async move {
                 if bl {
                     return Err(IoError::Blocklisted("test: blocklisted".into()));
                 }
-                if stall {
-                    std::future::pending::<()>().await;
-                }
-                tokio::task::spawn_blocking(move || f(&file))
-                    .await
+                let Some(job) = job else {
+                    // Stalled: never completes.
+                    return std::future::pending().await;
+                };
+                job.await
                     .map_err(|_| IoError::Errno(libc::EIO))?
                     .map_err(|e| IoError::Errno(e.raw_os_error().unwrap_or(libc::EIO)))
             })
@@ -619,9 +822,9 @@ mod tests {
                 file,
                 stall: stall.clone(),
                 blocklisted: blocklisted.clone(),
+                rt: rt.handle().clone(),
             }),
             shared.clone(),
-            rt.handle().clone(),
             read_only,
         );
         let mut cfg = fuser::Config::default();
