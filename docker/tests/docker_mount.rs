@@ -129,8 +129,16 @@ fn two_containers_share_a_volume_and_the_last_stop_unmounts() {
 
     // Removing a volume in use is refused with the reason (dockerd refuses it itself, so
     // ask the plugin directly), and the image stays.
-    let r = call(&env.plugin.socket, "VolumeDriver.Remove", json!({"Name": v}));
-    assert!(r.err().contains("in use"), "Remove while mounted: {}", text(&r.body));
+    let r = call(
+        &env.plugin.socket,
+        "VolumeDriver.Remove",
+        json!({"Name": v}),
+    );
+    assert!(
+        r.err().contains("in use"),
+        "Remove while mounted: {}",
+        text(&r.body)
+    );
     assert!(Ceph::new(&env.conf).image_exists("rbd", &v));
 
     a.exec("echo from-a > /data/a && sync");
