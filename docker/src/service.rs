@@ -18,7 +18,7 @@
 //! - Errors go in `Err`, with HTTP 200 as Docker expects. Only malformed requests (400)
 //!   and unknown paths (404) get another status; they carry `Err` too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -270,6 +270,9 @@ pub struct Service {
     lists: Arc<Flights<Vec<VolumeEntry>>>,
     gets: Arc<Flights<VolumeEntry>>,
     paths: Arc<Flights<Option<PathBuf>>>,
+    /// Mounts whose request timed out while their attach still runs, by (volume, mount id).
+    /// The attach undoes itself when it finishes, so an Unmount for them has nothing to do.
+    abandoned: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 impl Service {
@@ -282,6 +285,7 @@ impl Service {
             lists: Flights::new(),
             gets: Flights::new(),
             paths: Flights::new(),
+            abandoned: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -399,6 +403,7 @@ impl Service {
         let fate = Arc::new(Mutex::new(MountFate::Pending));
         let task = {
             let (name, id, fate) = (name.clone(), id.clone(), Arc::clone(&fate));
+            let abandoned = Arc::clone(&self.abandoned);
             tokio::task::spawn_blocking(move || {
                 let out = backend.attach(&name, &id);
                 let mut f = fate.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,6 +418,10 @@ impl Service {
                                 "detaching an abandoned mount failed: {}", chain(&e));
                         }
                     }
+                    abandoned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(name.clone(), id.clone()));
                 } else {
                     *f = MountFate::Done;
                 }
@@ -428,6 +437,10 @@ impl Service {
                     let mut f = fate.lock().unwrap_or_else(|p| p.into_inner());
                     if *f == MountFate::Pending {
                         *f = MountFate::Abandoned;
+                        self.abandoned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((name.clone(), id.clone()));
                         true
                     } else {
                         false
@@ -453,6 +466,21 @@ impl Service {
 
     async fn unmount(&self, r: MountRequest) -> Reply {
         let MountRequest { name, id } = r;
+        let key = (name.clone(), id.clone());
+        if self
+            .abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            // Docker's Unmount after a Mount that timed out: that attach is still running
+            // and undoes itself when it finishes. Nothing to do now, and nothing to wait for.
+            tracing::info!(
+                volume = %name, mount_id = %id,
+                "Unmount of a timed-out Mount: its attach is undone when it finishes"
+            );
+            return Reply::ok(&ErrResponse { err: String::new() });
+        }
         let what = format!("unmounting volume {name:?} for {id:?}");
         self.invalidate(&name);
         let n = name.clone();

@@ -107,7 +107,10 @@ fn list_get_path_answer_within_10s_with_the_mons_down() {
     let dir = TempDir::new("mdown");
     // Default Ceph timeouts (mon ops 10 s, OSD ops 30 s): longer than the plugin's 8 s read
     // deadline, so it is the plugin's own deadline that must answer.
-    let plugin = Plugin::start(&PluginSpec::new(&cluster.conf, dir.path()));
+    // The write deadline is cut to 5 s so the test can show writes are bounded too.
+    let mut spec = PluginSpec::new(&cluster.conf, dir.path());
+    spec.config = "[timeouts]\nwrite = 5\n".into();
+    let plugin = Plugin::start(&spec);
     let name = testkit::unique("md");
     let r = call(
         &plugin.socket,
@@ -186,6 +189,30 @@ fn list_get_path_answer_within_10s_with_the_mons_down() {
         eprintln!("burst: {t:?}: {}", text(&r.body));
         assert!(t < HANG, "a concurrent read took {t:?}");
         assert_eq!(r.status, 200);
+    }
+
+    // Writes are bounded by the write deadline: Docker gets an Err, not a hang. Docker's
+    // Unmount after the failed Mount answers in time as well.
+    let id = "f".repeat(64);
+    for (method, body) in [
+        (
+            "VolumeDriver.Create",
+            json!({"Name": testkit::unique("md"), "Opts": {"size": "32M"}}),
+        ),
+        ("VolumeDriver.Mount", json!({"Name": name, "ID": id})),
+        ("VolumeDriver.Unmount", json!({"Name": name, "ID": id})),
+        ("VolumeDriver.Remove", json!({"Name": name})),
+    ] {
+        let (r, t) = timed(&plugin.socket, method, body);
+        eprintln!("cluster down: {method}: {t:?}: {}", text(&r.body));
+        assert!(t < HANG, "{method} took {t:?}");
+        assert_eq!(r.status, 200);
+        if method != "VolumeDriver.Unmount" {
+            assert!(
+                !r.err().is_empty(),
+                "{method} claims success with the cluster down"
+            );
+        }
     }
 
     // The plugin still stops cleanly, with cluster calls stuck in the background.
