@@ -122,6 +122,43 @@ pub enum DriverError {
         #[source]
         source: serde_json::Error,
     },
+    /// The cluster registry says another node holds the image (cluster layer).
+    #[error("image {image} is held {mode} by node {node}{}", mounts_suffix(.mount_ids))]
+    Held {
+        /// `pool/[namespace/]image (id ...)`.
+        image: String,
+        /// The node that holds it (the winner of a race).
+        node: String,
+        /// `rw` or `ro`.
+        mode: String,
+        /// The holder's mount IDs, when it reported any.
+        mount_ids: Vec<String>,
+    },
+    /// A registry, fence log or control message could not be decoded (cluster layer).
+    #[error("{what} is not valid")]
+    CorruptRecord {
+        /// What it is, naming the object and key.
+        what: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Fencing a client did not complete; nothing was taken over (cluster layer).
+    #[error("fencing for image {image} failed: {reason}")]
+    FenceFailed {
+        /// `pool/[namespace/]image (id ...)`.
+        image: String,
+        /// What is left (e.g. a watcher that did not go away).
+        reason: String,
+    },
+}
+
+fn mounts_suffix(ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(" (mount IDs: {})", ids.join(", "))
+    }
 }
 
 impl DriverError {

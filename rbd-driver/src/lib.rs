@@ -39,6 +39,7 @@
 //! # Ok::<(), rbd_driver::DriverError>(())
 //! ```
 
+pub mod cluster;
 pub mod error;
 pub mod mapper;
 pub mod volume;
