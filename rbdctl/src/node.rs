@@ -2,7 +2,9 @@
 //! state, mounts and mapper records, which mapper backend it uses, and its node-wide
 //! volume defaults. Each has a flag and the environment variable the Docker plugin
 //! reads, with the plugin's defaults, so `rbdctl` and the plugin on one host share the
-//! same state (the state file and the per-volume locks are `flock`ed).
+//! same state (the state file and the per-volume locks are `flock`ed). The plugin's
+//! config file (`/etc/rbd-volumes/plugin.toml`, or `$RBD_PLUGIN_CONFIG`) is read too, for
+//! the same keys, below the environment and the flags, as the plugin layers them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use rbd_driver::mapper::{Backend, CephAuth, MapperConfig};
 use rbd_driver::volume::{DriverConfig, StateStore, VolumeDefaults, VolumeState};
+use serde::Deserialize;
 
 use crate::Cli;
 use crate::error::{CliError, CliResult};
@@ -29,8 +32,51 @@ variables, so both share this host's volume state):
   --default K=V  RBD_DEFAULT_<K>  node-wide volume defaults (pool, size, fstype, ...;
                                   RBD_DEFAULT_MOUNT_OPTIONS=noatime). The default pool
                                   also holds the cluster-wide volume name index.
-Empty variables count as unset. The Docker plugin's config file is not read: when it
-sets any of these, export the same values for rbdctl.";
+  --plugin-config FILE  RBD_PLUGIN_CONFIG  /etc/rbd-volumes/plugin.toml if it exists
+                 the Docker plugin's config file: its node-id, state-dir, mount-root,
+                 run-dir, backend, umap-bin, rbd-nbd-bin and [defaults] apply below the
+                 variables and flags above (its [ceph] section does not: use -c, --id,
+                 --keyring).
+Empty variables count as unset.";
+
+/// The plugin's default config file.
+pub const DEFAULT_PLUGIN_CONFIG: &str = "/etc/rbd-volumes/plugin.toml";
+
+/// The keys of the Docker plugin's config file that are node settings (the plugin's own
+/// keys, such as `socket`, `log`, `[ceph]` and `[timeouts]`, are ignored here).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct PluginFile {
+    node_id: Option<String>,
+    state_dir: Option<PathBuf>,
+    mount_root: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    umap_bin: Option<PathBuf>,
+    rbd_nbd_bin: Option<PathBuf>,
+    backend: Option<String>,
+    defaults: Option<BTreeMap<String, Scalar>>,
+}
+
+/// A `[defaults]` value: `size = 10` and `size = "10G"` both work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Str(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
 
 /// Where this node keeps its state, and how it maps images.
 #[derive(Debug, Clone, Args, Default)]
@@ -56,6 +102,9 @@ pub struct NodeArgs {
     /// The rbd-nbd binary.
     #[arg(long, global = true, env = "RBD_NBD_BIN", value_name = "PATH")]
     pub nbd_bin: Option<PathBuf>,
+    /// The Docker plugin's config file (default /etc/rbd-volumes/plugin.toml, if it exists).
+    #[arg(long, global = true, env = "RBD_PLUGIN_CONFIG", value_name = "FILE")]
+    pub plugin_config: Option<PathBuf>,
     /// A node-wide volume default, KEY=VALUE (repeatable; overrides the RBD_DEFAULT_KEY variables).
     #[arg(long = "default", global = true, value_name = "KEY=VALUE")]
     pub defaults: Vec<String>,
@@ -89,38 +138,70 @@ pub fn parse_options(what: &str, items: &[String]) -> CliResult<BTreeMap<String,
 }
 
 impl NodeArgs {
-    /// The backend, `None` for automatic selection.
-    pub fn backend(&self) -> CliResult<Option<Backend>> {
-        match set(&self.backend).map(|s| s.trim()) {
-            None | Some("auto") => Ok(None),
-            Some(b) => Ok(Some(b.parse()?)),
-        }
+    /// The plugin's config file, if one is named or the default one exists.
+    fn file(&self) -> CliResult<PluginFile> {
+        let (path, explicit) = match set(&self.plugin_config) {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_PLUGIN_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(PluginFile::default());
+            }
+            Err(e) => {
+                return Err(CliError::io(
+                    format!("reading the plugin config file {}", path.display()),
+                    e,
+                ));
+            }
+        };
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str::<PluginFile>(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str::<PluginFile>(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|e| {
+            CliError::Usage(format!(
+                "invalid plugin config file {}: {}",
+                path.display(),
+                e.trim()
+            ))
+        })
     }
 
-    /// The state directory.
-    pub fn state_dir(&self) -> PathBuf {
-        set(&self.state_dir)
+    /// Everything resolved: flags and environment, then the plugin's config file, then
+    /// the defaults.
+    pub fn settings(&self) -> CliResult<NodeSettings> {
+        let file = self.file()?;
+        let pick = |flag: &Option<PathBuf>, from_file: Option<PathBuf>| {
+            set(flag)
+                .cloned()
+                .or(from_file.filter(|p| !p.as_os_str().is_empty()))
+        };
+        let mut mapper = MapperConfig::default();
+        if let Some(d) = pick(&self.run_dir, file.run_dir) {
+            mapper.run_dir = d;
+        }
+        mapper.umap_bin = pick(&self.umap_bin, file.umap_bin);
+        if let Some(b) = pick(&self.nbd_bin, file.rbd_nbd_bin) {
+            mapper.rbd_nbd_bin = b;
+        }
+        let backend = match set(&self.backend)
             .cloned()
-            .unwrap_or_else(|| PathBuf::from("/var/lib/rbd-volumes"))
-    }
-
-    /// The mapper settings.
-    pub fn mapper(&self) -> MapperConfig {
-        let mut m = MapperConfig::default();
-        if let Some(d) = set(&self.run_dir) {
-            m.run_dir = d.clone();
-        }
-        m.umap_bin = set(&self.umap_bin).cloned();
-        if let Some(b) = set(&self.nbd_bin) {
-            m.rbd_nbd_bin = b.clone();
-        }
-        m
-    }
-
-    /// The node-wide volume defaults: `RBD_DEFAULT_<KEY>` from the environment, then
-    /// `--default KEY=VALUE`, validated as the plugin validates them.
-    pub fn volume_defaults(&self) -> CliResult<VolumeDefaults> {
-        let mut opts = BTreeMap::new();
+            .or(file.backend)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("auto") | Some("") => None,
+            Some(b) => Some(b.parse()?),
+        };
+        let mut opts: BTreeMap<String, String> = file
+            .defaults
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_string()))
+            .collect();
         for (k, v) in std::env::vars_os() {
             let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
                 continue;
@@ -140,17 +221,46 @@ impl NodeArgs {
             opts.insert(key.to_ascii_lowercase().replace('_', "-"), v.to_owned());
         }
         opts.extend(parse_options("--default", &self.defaults)?);
-        Ok(VolumeDefaults::default().with_options(&opts)?)
+        Ok(NodeSettings {
+            node_id: set(&self.node_id)
+                .cloned()
+                .or(file.node_id.filter(|n| !n.is_empty())),
+            state_dir: pick(&self.state_dir, file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/rbd-volumes")),
+            mount_root: pick(&self.mount_root, file.mount_root),
+            mapper,
+            backend,
+            defaults: VolumeDefaults::default().with_options(&opts)?,
+        })
     }
+}
 
+/// Resolved node settings ([`NodeArgs::settings`]).
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Node id, when set (else the driver's default, the host name).
+    pub node_id: Option<String>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Mount root, when set (else the driver's default).
+    pub mount_root: Option<PathBuf>,
+    /// Mapper settings.
+    pub mapper: MapperConfig,
+    /// Backend (`None`: automatic).
+    pub backend: Option<Backend>,
+    /// Node-wide volume defaults.
+    pub defaults: VolumeDefaults,
+}
+
+impl NodeSettings {
     /// Reads the state file without creating anything; `None` when there is none (no
     /// volume was ever attached on this node with these settings).
     pub fn attached_volumes(&self) -> CliResult<BTreeMap<String, VolumeState>> {
-        let dir = self.state_dir();
+        let dir = &self.state_dir;
         if !dir.join("state.json").exists() {
             return Ok(BTreeMap::new());
         }
-        let store = StateStore::new(&dir)?;
+        let store = StateStore::new(dir)?;
         let _l = store.lock()?;
         Ok(store.load()?.volumes)
     }
@@ -181,25 +291,32 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// The driver configuration for this node.
 pub fn driver_config(cli: &Cli, node: &NodeArgs) -> CliResult<DriverConfig> {
+    let n = node.settings()?;
     let mut cfg = DriverConfig::new(ceph_auth(cli));
-    if let Some(id) = set(&node.node_id) {
-        cfg.node_id = id.clone();
+    if let Some(id) = n.node_id {
+        cfg.node_id = id;
     }
-    cfg.state_dir = node.state_dir();
-    if let Some(d) = set(&node.mount_root) {
-        cfg.mount_root = d.clone();
+    cfg.state_dir = n.state_dir;
+    if let Some(d) = n.mount_root {
+        cfg.mount_root = d;
     }
-    cfg.mapper = node.mapper();
-    cfg.backend = node.backend()?;
-    cfg.defaults = node.volume_defaults()?;
+    cfg.mapper = n.mapper;
+    cfg.backend = n.backend;
+    cfg.defaults = n.defaults;
     cfg.timeouts = rbd_core::Timeouts::uniform(Duration::from_secs(cli.timeout.max(1)));
     Ok(cfg)
 }
 
 /// Opens the driver for this node (connects, recovers interrupted local operations; what
 /// recovery did is printed on stderr).
+///
+/// Refused when the mount root has volumes mounted but the state dir has no state file:
+/// the settings do not match the ones that mounted them (e.g. the Docker plugin's), and
+/// the driver's recovery would take those mounts for orphans and tear them down.
 pub fn driver(cli: &Cli, node: &NodeArgs) -> CliResult<rbd_driver::volume::Driver> {
-    let d = rbd_driver::volume::Driver::new(driver_config(cli, node)?)?;
+    let cfg = driver_config(cli, node)?;
+    check_state_matches_mounts(&cfg)?;
+    let d = rbd_driver::volume::Driver::new(cfg)?;
     if let Some(r) = d.last_recovery() {
         for a in &r.actions {
             eprintln!("rbdctl: recovered volume {}: {}", a.volume, a.action);
@@ -209,6 +326,35 @@ pub fn driver(cli: &Cli, node: &NodeArgs) -> CliResult<rbd_driver::volume::Drive
         }
     }
     Ok(d)
+}
+
+/// See [`driver`].
+fn check_state_matches_mounts(cfg: &DriverConfig) -> CliResult {
+    if cfg.state_dir.join("state.json").exists() {
+        return Ok(());
+    }
+    let Ok(root) = std::fs::canonicalize(&cfg.mount_root) else {
+        return Ok(());
+    };
+    let mounts = fs_format::read_mountinfo()
+        .map_err(|e| rbd_driver::DriverError::fs("reading /proc/self/mountinfo", e))?;
+    let mounted: Vec<String> = mounts
+        .iter()
+        .filter(|m| m.mount_point.parent() == Some(root.as_path()))
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
+    if mounted.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "the mount root {} has volumes mounted ({}) but the state dir {} has no state file: \
+         these settings are not the ones that mounted them (the Docker plugin's?), and \
+         recovery would tear those mounts down. Use the same --state-dir/RBD_STATE_DIR \
+         (or --plugin-config), or another --mount-root",
+        cfg.mount_root.display(),
+        mounted.join(", "),
+        cfg.state_dir.display()
+    )))
 }
 
 #[cfg(test)]
@@ -227,6 +373,21 @@ mod tests {
         assert!(parse_options("-o", &["=x".into()]).is_err());
     }
 
+    /// Resolves `args` with a plugin config file holding `text` (so the host's own file,
+    /// if any, plays no part); the file is removed afterwards.
+    fn with_file(name: &str, text: &str, args: NodeArgs) -> CliResult<NodeSettings> {
+        let p =
+            std::env::temp_dir().join(format!("rbdctl-node-test-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        let r = NodeArgs {
+            plugin_config: Some(p.clone()),
+            ..args
+        }
+        .settings();
+        std::fs::remove_file(&p).unwrap();
+        r
+    }
+
     #[test]
     fn defaults_are_the_drivers() {
         let want = DriverConfig::new(CephAuth {
@@ -234,36 +395,107 @@ mod tests {
             id: "admin".into(),
             keyring: None,
         });
-        let n = NodeArgs::default();
-        assert_eq!(n.state_dir(), want.state_dir);
-        assert_eq!(n.mapper(), want.mapper);
-        assert_eq!(n.backend().unwrap(), want.backend);
-        let d = VolumeDefaults::default()
-            .with_options(&parse_options("--default", &[]).unwrap())
-            .unwrap();
-        assert_eq!(d, want.defaults);
+        let n = with_file("empty.toml", "", NodeArgs::default()).unwrap();
+        assert_eq!(n.state_dir, want.state_dir);
+        assert_eq!(n.mount_root, None);
+        assert_eq!(n.node_id, None);
+        assert_eq!(n.mapper, want.mapper);
+        assert_eq!(n.backend, want.backend);
+        assert_eq!(n.defaults, want.defaults);
+    }
+
+    #[test]
+    fn the_plugin_file_applies_below_flags() {
+        let text = r#"
+socket = "/run/docker/plugins/rbd.sock"
+node-id = "node-a"
+state-dir = "/srv/rbd/state"
+run-dir = "/srv/rbd/run"
+backend = "userspace"
+log = "debug"
+
+[ceph]
+conf = "/etc/ceph/other.conf"
+
+[defaults]
+pool = "docker"
+size = 10
+mount-options = "noatime"
+
+[timeouts]
+read = 8
+"#;
+        let n = with_file("plugin.toml", text, NodeArgs::default()).unwrap();
+        assert_eq!(n.node_id.as_deref(), Some("node-a"));
+        assert_eq!(n.state_dir, PathBuf::from("/srv/rbd/state"));
+        assert_eq!(n.mapper.run_dir, PathBuf::from("/srv/rbd/run"));
+        assert_eq!(n.backend, Some(Backend::Userspace));
+        assert_eq!(n.defaults.pool, "docker");
+        assert_eq!(n.defaults.size, 10 << 30);
+        assert_eq!(n.defaults.mount_options, vec!["noatime".to_string()]);
+        // Flags (and the environment, which clap folds into them) win.
+        let n = with_file(
+            "plugin2.toml",
+            text,
+            NodeArgs {
+                state_dir: Some("/tmp/mine".into()),
+                backend: Some("auto".into()),
+                defaults: vec!["pool=rbd".into()],
+                ..NodeArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(n.state_dir, PathBuf::from("/tmp/mine"));
+        assert_eq!(n.backend, None);
+        assert_eq!(n.defaults.pool, "rbd");
+        assert_eq!(n.defaults.size, 10 << 30);
+        // A bad file is an error naming it; a named file that is missing too.
+        let e = with_file("bad.toml", "state-dir = [", NodeArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("bad.toml"), "{e}");
+        let e = with_file("bad2.toml", "[defaults]\ncolour = 1", NodeArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = NodeArgs {
+            plugin_config: Some("/nonexistent/rbdctl/plugin.toml".into()),
+            ..NodeArgs::default()
+        }
+        .settings()
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/rbdctl"), "{e}");
     }
 
     #[test]
     fn empty_values_are_unset() {
-        let n = NodeArgs {
-            state_dir: Some(PathBuf::new()),
-            backend: Some(String::new()),
-            run_dir: Some(PathBuf::from("/tmp/x")),
-            ..NodeArgs::default()
-        };
-        assert_eq!(n.state_dir(), PathBuf::from("/var/lib/rbd-volumes"));
-        assert_eq!(n.backend().unwrap(), None);
-        assert_eq!(n.mapper().run_dir, PathBuf::from("/tmp/x"));
-        let n = NodeArgs {
-            backend: Some("userspace".into()),
-            ..NodeArgs::default()
-        };
-        assert_eq!(n.backend().unwrap(), Some(Backend::Userspace));
-        let n = NodeArgs {
-            backend: Some("floppy".into()),
-            ..NodeArgs::default()
-        };
-        assert!(n.backend().unwrap_err().to_string().contains("floppy"));
+        let n = with_file(
+            "e1.toml",
+            "",
+            NodeArgs {
+                state_dir: Some(PathBuf::new()),
+                backend: Some(String::new()),
+                run_dir: Some(PathBuf::from("/tmp/x")),
+                ..NodeArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(n.state_dir, PathBuf::from("/var/lib/rbd-volumes"));
+        assert_eq!(n.backend, None);
+        assert_eq!(n.mapper.run_dir, PathBuf::from("/tmp/x"));
+        let n = with_file(
+            "e2.toml",
+            "",
+            NodeArgs {
+                backend: Some("userspace".into()),
+                ..NodeArgs::default()
+            },
+        );
+        assert_eq!(n.unwrap().backend, Some(Backend::Userspace));
+        let n = with_file(
+            "e3.toml",
+            "",
+            NodeArgs {
+                backend: Some("floppy".into()),
+                ..NodeArgs::default()
+            },
+        );
+        assert!(n.unwrap_err().to_string().contains("floppy"));
     }
 }

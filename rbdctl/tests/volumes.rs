@@ -398,3 +398,64 @@ fn nix_statvfs(p: &std::path::Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .expect("df size")
 }
+
+#[test]
+fn the_docker_plugins_config_file_is_shared() {
+    let Some(env) = setup() else { return };
+    let node = Node::new(&env);
+    let v = node.volume("cfg");
+    let conf = node.write_plugin_config(
+        "\n[ceph]\nid = \"admin\"\n\n[defaults]\nsize = \"48M\"\nmount-options = \"noatime\"\n\n[timeouts]\nread = 8\n",
+    );
+    // Created with the file's defaults, attached with the file's node settings...
+    node.rbdctl_with_config(&conf, &["volume", "create", &v])
+        .ok();
+    assert_eq!(env.rbd_json(&["info", &v])["size"], 48 << 20);
+    let mp = node
+        .rbdctl_with_config(&conf, &["volume", "attach", &v, "--mount-id", "m1"])
+        .ok()
+        .stdout();
+    assert_eq!(PathBuf::from(mp.trim()), node.mount_root().join(&v));
+    // ... which are the same state as the environment variables name.
+    assert_eq!(node.mount_ids(&v), vec!["m1"]);
+    let st = node
+        .rbdctl(&["volume", "status", &v, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(st["local"]["mount_ids"], serde_json::json!(["m1"]));
+    assert_eq!(node.mappings().len(), 1);
+    // A flag still wins over the file: another (empty) state dir beside the same mount
+    // root is refused rather than have recovery take the mount for an orphan.
+    let other = node.dir("other-state");
+    let r = node
+        .rbdctl_with_config(
+            &conf,
+            &[
+                "volume",
+                "detach",
+                &v,
+                "--mount-id",
+                "m1",
+                "--state-dir",
+                other.to_str().unwrap(),
+            ],
+        )
+        .code(2);
+    assert!(
+        r.err.contains("no state file") && r.err.contains(other.to_str().unwrap()),
+        "{}",
+        r.err
+    );
+    assert!(is_mounted(&node.mount_root().join(&v)));
+    assert_eq!(node.mount_ids(&v), vec!["m1"]);
+    node.rbdctl(&["volume", "detach", &v, "--mount-id", "m1"])
+        .ok();
+    assert!(node.mappings().is_empty());
+    // A broken file is refused with its name, before anything is done.
+    std::fs::write(&conf, "state-dir = [").unwrap();
+    let r = node
+        .rbdctl_with_config(&conf, &["volume", "rm", &v])
+        .code(2);
+    assert!(r.err.contains("plugin.toml"), "{}", r.err);
+    assert!(env.rbd_ls().contains(&v));
+}

@@ -93,6 +93,11 @@ pub struct UnmapArgs {
     /// Snapshot whose mappings to unmap (with an image); same as image@snapshot.
     #[arg(long)]
     pub snap: Option<String>,
+    /// With a device: only its mapping of this image id (when `device list` shows the
+    /// device twice: a dead mapper's leftover record, and the live mapping that reuses
+    /// the device).
+    #[arg(long, value_name = "ID")]
+    pub image_id: Option<String>,
     /// Unmap even if the device is mounted, open, or attached as a volume: its users get
     /// I/O errors.
     #[arg(long)]
@@ -255,7 +260,8 @@ pub fn plan_map(
     options: MapOptions,
     force: bool,
 ) -> CliResult<MapPlan> {
-    let mapper = mapper::select(node.backend()?, &node.mapper())?;
+    let n = node.settings()?;
+    let mapper = mapper::select(n.backend, &n.mapper)?;
     let (r, image) = resolve(cli, spec)?;
     let read_only = read_only || spec.snap.is_some();
     if !read_only && !force {
@@ -355,7 +361,8 @@ pub fn map(cli: &Cli, node: &NodeArgs, a: &MapArgs) -> CliResult {
         options,
         a.force,
     )?;
-    let mcfg = node.mapper();
+    let n = node.settings()?;
+    let mcfg = n.mapper.clone();
     if let Ok(existing) = mapper::find_by_image_id(
         &mcfg,
         &plan.req.pool,
@@ -371,7 +378,7 @@ pub fn map(cli: &Cli, node: &NodeArgs, a: &MapArgs) -> CliResult {
         }
     }
     let m = plan.mapper.map(&plan.req)?;
-    let attached = node.attached_volumes().unwrap_or_default();
+    let attached = n.attached_volumes().unwrap_or_default();
     emit(cli.format, &MappingView::new(&m, &attached), || {
         format!("{}\n", m.device.display())
     });
@@ -450,8 +457,9 @@ fn describe(m: &Mapping) -> String {
 
 /// `rbdctl unmap`.
 pub fn unmap(cli: &Cli, node: &NodeArgs, a: &UnmapArgs) -> CliResult {
-    let mcfg = node.mapper();
-    let attached = node.attached_volumes()?;
+    let n = node.settings()?;
+    let mcfg = n.mapper.clone();
+    let attached = n.attached_volumes()?;
     let all = mapper::list_all(&mcfg)?;
     let targets: Vec<Mapping> = if is_device_arg(&a.target) {
         if a.snap.is_some() {
@@ -463,15 +471,44 @@ pub fn unmap(cli: &Cli, node: &NodeArgs, a: &UnmapArgs) -> CliResult {
         let found: Vec<Mapping> = all
             .into_iter()
             .filter(|m| canon(&m.device) == dev)
+            .filter(|m| a.image_id.as_ref().is_none_or(|id| &m.image_id == id))
             .collect();
         if found.is_empty() {
             return Err(CliError::NotFound(format!(
-                "no mapping on this host uses {} (see rbdctl device list)",
-                a.target
+                "no mapping on this host uses {}{} (see rbdctl device list)",
+                a.target,
+                a.image_id
+                    .as_ref()
+                    .map(|id| format!(" for image id {id}"))
+                    .unwrap_or_default()
             )));
         }
-        found
+        // A dead mapper's record can still name a device that a live mapping reuses
+        // (its loop device was released when it died): the device is the live one's.
+        let (live, dead): (Vec<Mapping>, Vec<Mapping>) = found
+            .into_iter()
+            .partition(|m| m.pid.is_some() || m.backend == rbd_driver::mapper::Backend::Krbd);
+        if !live.is_empty() && !dead.is_empty() {
+            for m in &dead {
+                eprintln!(
+                    "rbdctl: note: a dead mapper's leftover record of image id {} also names \
+                     {}; left alone (remove it with: rbdctl unmap {} --image-id {})",
+                    m.image_id,
+                    m.device.display(),
+                    m.device.display(),
+                    m.image_id
+                );
+            }
+            live
+        } else {
+            live.into_iter().chain(dead).collect()
+        }
     } else {
+        if a.image_id.is_some() {
+            return Err(CliError::Usage(
+                "--image-id goes with a device; an image is unmapped by its current id".into(),
+            ));
+        }
         let spec = with_snap(&a.target, &a.snap)?;
         let pool = spec.pool(cli).to_owned();
         let ns = spec.namespace(cli).to_owned();
@@ -554,9 +591,10 @@ pub fn unmap(cli: &Cli, node: &NodeArgs, a: &UnmapArgs) -> CliResult {
 
 /// `rbdctl device list`.
 pub fn list(cli: &Cli, node: &NodeArgs) -> CliResult {
-    let mut all = mapper::list_all(&node.mapper())?;
+    let n = node.settings()?;
+    let mut all = mapper::list_all(&n.mapper)?;
     all.sort_by(|a, b| a.device.cmp(&b.device));
-    let attached = node.attached_volumes().unwrap_or_default();
+    let attached = n.attached_volumes().unwrap_or_default();
     let views: Vec<MappingView> = all.iter().map(|m| MappingView::new(m, &attached)).collect();
     emit(cli.format, &views, || {
         let mut t = Table::new(&[

@@ -177,7 +177,7 @@ fn is_volume(cli: &Cli, node: &NodeArgs, source: &str) -> CliResult<bool> {
     if rbd_driver::volume::validate_volume_name(source).is_err() {
         return Ok(false);
     }
-    let defaults = node.volume_defaults()?;
+    let defaults = node.settings()?.defaults;
     let rados = cli.connect()?;
     let index = VolumeIndex::open(&rados, &defaults.pool)?;
     Ok(index.get(source)?.is_some())
@@ -494,7 +494,8 @@ pub fn umount(cli: &Cli, node: &NodeArgs, a: &UmountArgs) -> CliResult {
     };
     let mount_id = a.mount_id.clone().unwrap_or_else(|| mount_id_for(&target));
     rbd_driver::volume::validate_mount_id(&mount_id)?;
-    let attached = node.attached_volumes()?;
+    let n = node.settings()?;
+    let attached = n.attached_volumes()?;
     let held: Vec<String> = attached
         .iter()
         .filter(|(_, v)| v.mount_ids.contains(&mount_id))
@@ -546,7 +547,7 @@ pub fn umount(cli: &Cli, node: &NodeArgs, a: &UmountArgs) -> CliResult {
         )));
     };
     let source = PathBuf::from(&mi.source);
-    let mcfg = node.mapper();
+    let mcfg = n.mapper.clone();
     let canon_source = std::fs::canonicalize(&source).unwrap_or(source.clone());
     let mapping = mapper::list_all(&mcfg)?
         .into_iter()

@@ -131,8 +131,59 @@ impl<'a> Node<'a> {
             .env("RBD_NODE_ID", "rbdctl-test-node")
             .env("RBD_BACKEND", "userspace")
             .env("RBD_UMAP_BIN", umap_bin())
+            .env("RBD_PLUGIN_CONFIG", self.empty_plugin_config())
             .stdin(Stdio::null());
         c
+    }
+
+    /// An empty plugin config file, so the host's own (if any) plays no part.
+    fn empty_plugin_config(&self) -> PathBuf {
+        let p = self.root.join("empty-plugin.toml");
+        if !p.exists() {
+            std::fs::write(&p, "").expect("write empty plugin config");
+        }
+        p
+    }
+
+    /// The node's settings as a Docker plugin config file (`plugin.toml` in the node's
+    /// root) with `extra` appended; returns its path.
+    pub fn write_plugin_config(&self, extra: &str) -> PathBuf {
+        let p = self.root.join("plugin.toml");
+        let text = format!(
+            "socket = \"/run/docker/plugins/rbd-test.sock\"\nnode-id = \"rbdctl-test-node\"\n\
+             state-dir = {:?}\nmount-root = {:?}\nrun-dir = {:?}\nbackend = \"userspace\"\n\
+             umap-bin = {:?}\nlog = \"info\"\n{extra}",
+            self.state_dir(),
+            self.mount_root(),
+            self.run_dir(),
+            umap_bin(),
+        );
+        std::fs::write(&p, text).expect("write plugin config");
+        p
+    }
+
+    /// Runs rbdctl with only the plugin config file `config` for node settings (none of
+    /// the `RBD_*` variables).
+    pub fn rbdctl_with_config(&self, config: &Path, args: &[&str]) -> Run {
+        let mut c = Command::new("timeout");
+        c.arg(TIMEOUT)
+            .arg(env!("CARGO_BIN_EXE_rbdctl"))
+            .arg("-c")
+            .arg(&self.env.conf)
+            .args(args)
+            .env("RBD_PLUGIN_CONFIG", config)
+            .stdin(Stdio::null());
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("RBD_")) && k != "RBD_PLUGIN_CONFIG" {
+                c.env_remove(k);
+            }
+        }
+        let o = c.output().expect("run rbdctl");
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            out: o.stdout,
+            err: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
     }
 
     /// Runs rbdctl on this node.
