@@ -5,12 +5,22 @@
 //! rbdctl -c /etc/ceph/ceph.conf create --size 10G db1
 //! rbdctl ls -l
 //! rbdctl info db1 --format json
+//! rbdctl snap create db1@before-upgrade
+//! rbdctl clone db1@before-upgrade db1-test
+//! rbdctl export db1@before-upgrade - | gzip > db1.img.gz
 //! rbdctl fence ls
 //! ```
 
+// Doc comments on the argument types are clap's help text and use rbd's spec notation,
+// `[pool/[namespace/]]image[@snapshot]`, which rustdoc would read as intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod cmd;
 mod error;
+mod node;
 mod output;
+mod progress;
+mod spec;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,9 +35,10 @@ Exit codes:
   0  success
   1  failure
   2  bad usage or invalid input (nothing was changed)
-  3  not found (image, snapshot, volume, pool)
+  3  not found (image, snapshot, volume, pool, mapping, mount ID)
   4  already exists
-  5  in use (watchers, locks, mounts) or has snapshots
+  5  in use (watchers, locks, mounts, a volume's mount IDs, a mapped device that is
+     mounted or open) or has snapshots
   6  cluster unavailable: timed out, or our client is blocklisted
   7  permission denied";
 
@@ -42,7 +53,7 @@ pub struct Cli {
     #[arg(long = "id", global = true, env = "CEPH_ID", default_value = "admin")]
     pub id: String,
     /// Keyring file (default: the one named in the conf).
-    #[arg(long = "keyring", global = true)]
+    #[arg(long = "keyring", global = true, env = "CEPH_KEYRING")]
     pub keyring: Option<PathBuf>,
     /// Pool.
     #[arg(short = 'p', long = "pool", global = true, default_value = "rbd")]
@@ -56,12 +67,19 @@ pub struct Cli {
     /// Timeout in seconds for every cluster call.
     #[arg(long = "timeout", global = true, default_value_t = 30)]
     pub timeout: u64,
+    /// Never draw progress bars (they are drawn on stderr, and only when it is a terminal).
+    #[arg(long = "no-progress", global = true)]
+    pub no_progress: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Subcommands.
+///
+/// Image commands are top-level, as with `rbd`; groups (`snap`, `lock`, `image-meta`,
+/// `trash`, `feature`, `fence`) are subcommands. Volume and mapping commands get groups of
+/// their own (`volume`, `device`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create an image.
@@ -73,25 +91,120 @@ pub enum Command {
         #[arg(short = 'l', long)]
         long: bool,
     },
-    /// Show an image's details.
+    /// Show an image's (or snapshot's) details, as `rbd info` does.
     Info {
-        /// Image name.
+        /// [pool/[namespace/]]image[@snapshot]
         image: String,
     },
     /// Remove an image (refused while in use or with snapshots).
     #[command(alias = "remove")]
     Rm {
-        /// Image name.
+        /// [pool/[namespace/]]image
         image: String,
     },
     /// Show an image's watchers (exact client addresses) and lock owners.
     Status {
-        /// Image name.
+        /// [pool/[namespace/]]image
         image: String,
     },
+    /// Grow (or, with --allow-shrink, shrink) an image.
+    Resize(cmd::image::ResizeArgs),
+    /// Rename an image within its pool.
+    #[command(alias = "mv")]
+    Rename {
+        /// [pool/[namespace/]]image
+        src: String,
+        /// The new name (or the same pool/namespace spelled out).
+        dst: String,
+    },
+    /// Copy an image's data (at a snapshot, or the head) into a new image.
+    #[command(name = "cp", alias = "copy")]
+    Copy(cmd::image::CopyArgs),
+    /// Snapshots: create, ls, rm, rollback, protect, unprotect, rename.
+    #[command(subcommand)]
+    Snap(cmd::snap::SnapCmd),
+    /// Create a copy-on-write clone of a snapshot.
+    Clone(cmd::clone::CloneArgs),
+    /// Copy the parent's data into a clone and detach it.
+    Flatten {
+        /// [pool/[namespace/]]image
+        image: String,
+    },
+    /// List the clones of an image's snapshots (or of one snapshot).
+    Children(cmd::clone::ChildrenArgs),
+    /// Export an image's (or snapshot's) data to a file, or to stdout with `-`.
+    Export(cmd::transfer::ExportArgs),
+    /// Create an image from a file, or from stdin with `-`.
+    Import(cmd::transfer::ImportArgs),
+    /// Locks: ls shows exclusive-lock owners and advisory lockers; break removes one.
+    #[command(subcommand)]
+    Lock(cmd::lock::LockCmd),
+    /// Image metadata (key/value pairs in the header): get, set, rm, ls.
+    #[command(subcommand, name = "image-meta", alias = "meta")]
+    ImageMeta(cmd::meta::MetaCmd),
+    /// The trash (deferred deletion): mv, ls, restore, rm.
+    #[command(subcommand)]
+    Trash(cmd::trash::TrashCmd),
+    /// Enable or disable image features (exclusive-lock, object-map, fast-diff, ...).
+    #[command(subcommand)]
+    Feature(cmd::image::FeatureCmd),
     /// Blocklist (fence) client addresses: ls, add, rm.
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
+    /// Map an image (or snapshot) to a local block device; prints the device.
+    #[command(after_help = cmd::device::DEVICE_EXIT_CODES)]
+    Map {
+        /// What to map.
+        #[command(flatten)]
+        args: cmd::device::MapArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Unmap a device, or the devices of an image's current image id.
+    #[command(after_help = cmd::device::DEVICE_EXIT_CODES)]
+    Unmap {
+        /// What to unmap.
+        #[command(flatten)]
+        args: cmd::device::UnmapArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// List this host's mappings (every available backend); same as `device list`.
+    Showmapped {
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Mappings: map, unmap, list.
+    Device(cmd::device::DeviceArgs),
+    /// Volumes (as the Docker plugin makes them): create, rm, ls, inspect, attach,
+    /// detach, resize, snapshot, status.
+    #[command(after_help = cmd::volume::help())]
+    Volume(cmd::volume::VolumeArgs),
+    /// Mount a volume (through the volume driver) or an image (map + mount) on a directory.
+    #[command(after_help = cmd::mount::mount_help())]
+    Mount {
+        /// What to mount where.
+        #[command(flatten)]
+        args: cmd::mount::MountArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Unmount what `rbdctl mount` mounted (detaching the volume or unmapping the image).
+    #[command(after_help = cmd::mount::umount_help())]
+    Umount {
+        /// What to unmount.
+        #[command(flatten)]
+        args: cmd::mount::UmountArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Measure I/O on an image, like `rbd bench` (writes change its data).
+    Bench(cmd::bench::BenchArgs),
     /// Print library and cluster versions.
     Version,
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -115,7 +228,7 @@ impl Cli {
         if let Some(c) = &self.conf {
             o = o.conf_file(c);
         }
-        if let Some(k) = &self.keyring {
+        if let Some(k) = self.keyring.as_ref().filter(|k| !k.as_os_str().is_empty()) {
             o = o.keyring(k);
         }
         Ok(rbd_core::Rados::connect(&o)?)
@@ -124,11 +237,30 @@ impl Cli {
     /// Connects and opens an I/O context on the pool and namespace.
     pub fn ioctx(&self) -> CliResult<(rbd_core::Rados, rbd_core::IoCtx)> {
         let rados = self.connect()?;
-        let mut io = rados.ioctx(&self.pool)?;
-        if !self.namespace.is_empty() {
-            io.set_namespace(&self.namespace)?;
-        }
+        let io = Self::open_ioctx(&rados, &self.pool, &self.namespace)?;
         Ok((rados, io))
+    }
+
+    /// An I/O context on `pool` and `namespace` of an existing connection.
+    pub fn open_ioctx(
+        rados: &rbd_core::Rados,
+        pool: &str,
+        namespace: &str,
+    ) -> CliResult<rbd_core::IoCtx> {
+        let mut io = rados.ioctx(pool)?;
+        if !namespace.is_empty() {
+            io.set_namespace(namespace)?;
+        }
+        Ok(io)
+    }
+
+    /// An I/O context for the pool and namespace of `spec`.
+    pub fn spec_ioctx(
+        &self,
+        rados: &rbd_core::Rados,
+        spec: &spec::Spec,
+    ) -> CliResult<rbd_core::IoCtx> {
+        Self::open_ioctx(rados, spec.pool(self), spec.namespace(self))
     }
 }
 
@@ -139,7 +271,28 @@ fn run(cli: &Cli) -> CliResult {
         Command::Info { image } => cmd::image::info(cli, image),
         Command::Rm { image } => cmd::image::rm(cli, image),
         Command::Status { image } => cmd::image::status(cli, image),
+        Command::Resize(a) => cmd::image::resize(cli, a),
+        Command::Rename { src, dst } => cmd::image::rename(cli, src, dst),
+        Command::Copy(a) => cmd::image::copy(cli, a),
+        Command::Snap(c) => cmd::snap::run(cli, c),
+        Command::Clone(a) => cmd::clone::clone(cli, a),
+        Command::Flatten { image } => cmd::clone::flatten(cli, image),
+        Command::Children(a) => cmd::clone::children(cli, a),
+        Command::Export(a) => cmd::transfer::export(cli, a),
+        Command::Import(a) => cmd::transfer::import(cli, a),
+        Command::Lock(c) => cmd::lock::run(cli, c),
+        Command::ImageMeta(c) => cmd::meta::run(cli, c),
+        Command::Trash(c) => cmd::trash::run(cli, c),
+        Command::Feature(c) => cmd::image::feature(cli, c),
         Command::Fence(c) => cmd::fence::run(cli, c),
+        Command::Map { args, node } => cmd::device::map(cli, node, args),
+        Command::Unmap { args, node } => cmd::device::unmap(cli, node, args),
+        Command::Showmapped { node } => cmd::device::list(cli, node),
+        Command::Device(a) => cmd::device::run(cli, a),
+        Command::Volume(a) => cmd::volume::run(cli, a),
+        Command::Mount { args, node } => cmd::mount::mount(cli, node, args),
+        Command::Umount { args, node } => cmd::mount::umount(cli, node, args),
+        Command::Bench(a) => cmd::bench::bench(cli, a),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {
             let mut c = Cli::command();
