@@ -1,55 +1,27 @@
 //! This node's volume driver from the command line: `rbdctl daemon` (the node daemon for
 //! hosts that use only the CLI) and `rbdctl reconcile` (the reconcile check, by hand).
 //!
-//! Both need to know the node: its id, state dir, mount root and mapper run dir
-//! ([`NodeArgs`], with the same defaults and environment variables as the Docker plugin),
-//! so that they see the same attachments as every other tool on the host.
+//! Both take the node settings of [`crate::node::NodeArgs`] (the same flags, variables and
+//! plugin config file as the volume and device commands and the Docker plugin), so they see
+//! the same attachments as every other tool on the host.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use rbd_driver::cluster::{NAMESPACE, NodeId, Verdict};
+use rbd_driver::cluster::{NAMESPACE, Verdict};
 use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
-use rbd_driver::mapper::CephAuth;
 use rbd_driver::volume::{Driver, DriverConfig, NodeReconcileReport, ReconcileOptions};
 
 use crate::Cli;
 use crate::error::{CliError, CliResult};
+use crate::node::{NODE_HELP, NodeArgs};
 use crate::output::{Format, Table, emit};
 
-/// Which node, and where its driver keeps its state.
+/// The cluster layer's settings of this node.
 #[derive(Debug, Clone, Args)]
-pub struct NodeArgs {
-    /// This node's id (default: $RBD_VOLUMES_NODE_ID, then the hostname). Must be stable
-    /// and unique in the cluster.
-    #[arg(long = "node-id", env = "RBD_VOLUMES_NODE_ID")]
-    pub node_id: Option<String>,
-    /// The driver's state directory (state file, locks).
-    #[arg(
-        long = "state-dir",
-        env = "RBD_VOLUMES_STATE_DIR",
-        default_value = "/var/lib/rbd-volumes"
-    )]
-    pub state_dir: PathBuf,
-    /// Where volumes are mounted (default: STATE_DIR/mounts).
-    #[arg(long = "mount-root", env = "RBD_VOLUMES_MOUNT_ROOT")]
-    pub mount_root: Option<PathBuf>,
-    /// The mappers' runtime directory.
-    #[arg(
-        long = "run-dir",
-        env = "RBD_VOLUMES_RUN_DIR",
-        default_value = "/run/rbd-volumes"
-    )]
-    pub run_dir: PathBuf,
-    /// The userspace mapper binary (default: next to rbdctl, then $PATH).
-    #[arg(long = "umap-bin", env = "RBD_VOLUMES_UMAP_BIN")]
-    pub umap_bin: Option<PathBuf>,
-    /// Mapper backend: krbd, nbd or userspace (default: the first that works).
-    #[arg(long = "backend", env = "RBD_VOLUMES_BACKEND")]
-    pub backend: Option<String>,
+pub struct ClusterArgs {
     /// RADOS namespace of the cluster registry, fence log and control object (the same on
     /// every node).
     #[arg(long = "registry-namespace", default_value = NAMESPACE)]
@@ -59,44 +31,23 @@ pub struct NodeArgs {
     pub ping_timeout: u64,
 }
 
-impl NodeArgs {
-    /// The driver configuration: these settings, the global cluster access flags, and
-    /// the global `--pool`/`--namespace` as the volumes' defaults.
-    pub fn driver_config(&self, cli: &Cli) -> CliResult<DriverConfig> {
-        let mut cfg = DriverConfig::new(CephAuth {
-            conf: cli
-                .conf
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/etc/ceph/ceph.conf")),
-            id: cli.id.clone(),
-            keyring: cli.keyring.clone(),
-        });
-        cfg.node_id = NodeId::resolve(self.node_id.as_deref())?.to_string();
-        cfg.state_dir = self.state_dir.clone();
-        cfg.mount_root = self
-            .mount_root
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("mounts"));
-        cfg.mapper.run_dir = self.run_dir.clone();
-        cfg.mapper.umap_bin = self.umap_bin.clone();
-        if let Some(b) = &self.backend {
-            cfg.backend = Some(b.parse()?);
-        }
-        cfg.timeouts = rbd_core::Timeouts::uniform(Duration::from_secs(cli.timeout.max(1)));
-        cfg.defaults.pool = cli.pool.clone();
-        cfg.defaults.namespace = cli.namespace.clone();
+impl ClusterArgs {
+    fn apply(&self, cfg: &mut DriverConfig) {
         cfg.cluster.namespace = self.registry_namespace.clone();
         cfg.cluster.ping_timeout = Duration::from_secs(self.ping_timeout.max(1));
-        Ok(cfg)
     }
 }
 
 /// `rbdctl daemon`.
 #[derive(Debug, Args)]
+#[command(after_help = NODE_HELP)]
 pub struct DaemonArgs {
     /// The node.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// The cluster layer.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Seconds between reconciles (also on start, and when a control watch comes back).
     #[arg(long = "interval", default_value_t = 30)]
     pub interval: u64,
@@ -108,10 +59,14 @@ pub struct DaemonArgs {
 
 /// `rbdctl reconcile`.
 #[derive(Debug, Args)]
+#[command(after_help = NODE_HELP)]
 pub struct ReconcileArgs {
     /// The node.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// The cluster layer.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Only report what is stale and why; change nothing.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -165,7 +120,9 @@ pub fn daemon(cli: &Cli, a: &DaemonArgs) -> CliResult {
     }
     init_logging();
     install_signal_handlers()?;
-    let driver = Arc::new(Driver::new(a.node.driver_config(cli)?)?);
+    let mut cfg = crate::node::driver_config(cli, &a.node)?;
+    a.cluster.apply(&mut cfg);
+    let driver = Arc::new(crate::node::open_driver(cfg)?);
     let d = NodeDaemon::start(
         driver.clone(),
         DaemonOptions {
@@ -222,10 +179,15 @@ pub fn daemon(cli: &Cli, a: &DaemonArgs) -> CliResult {
 /// Runs the reconcile check on this node and prints every local mapping with its
 /// verdict (current, stale and why, unregistered) and what was cleaned.
 pub fn reconcile(cli: &Cli, a: &ReconcileArgs) -> CliResult {
-    let mut cfg = a.node.driver_config(cli)?;
-    // A dry run changes nothing: not even the local recovery a driver runs on start.
-    cfg.recover_on_start = !a.dry_run;
-    let driver = Driver::new(cfg)?;
+    let mut cfg = crate::node::driver_config(cli, &a.node)?;
+    a.cluster.apply(&mut cfg);
+    let driver = if a.dry_run {
+        // A dry run changes nothing: not even the local recovery a driver runs on start.
+        cfg.recover_on_start = false;
+        Driver::new(cfg)?
+    } else {
+        crate::node::open_driver(cfg)?
+    };
     let r = driver.reconcile(&ReconcileOptions {
         dry_run: a.dry_run,
         prune_fences: !a.dry_run,
