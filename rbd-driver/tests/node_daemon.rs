@@ -379,6 +379,7 @@ fn attach_reports_steps_and_the_check_finds_nothing_stale_when_all_is_current() 
     assert!(claim.fenced.is_empty() && claim.released_by.is_empty());
     assert_eq!(claim.entry.holders[0].node.as_str(), "test-a");
     assert!(r.client_addr.is_some() && r.device.is_some());
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     let t = r.timings;
     assert!(
         t.total_ms >= t.check_ms + t.claim_ms + t.map_ms + t.mount_ms,
@@ -408,5 +409,25 @@ fn attach_reports_steps_and_the_check_finds_nothing_stale_when_all_is_current() 
     );
     a.driver.detach(&name, "ctr-2").unwrap();
     assert!(a.driver.status(&name).unwrap().registry.is_none());
+    a.driver.remove(&name, false).unwrap();
+}
+
+#[test]
+fn an_attach_without_a_node_daemon_warns_that_other_nodes_will_fence_it() {
+    let Some(env) = env(true) else { return };
+    let mut a = start(&env, "a");
+    a.daemon.take().unwrap().stop();
+    let name = env.name("nod");
+    a.driver.create(&name, &spec(&[("size", "32M")])).unwrap();
+    let r = a.driver.attach_with_report(&name, "ctr-1", None).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("no node daemon answers") && w.contains("test-a")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(!a.driver.daemon_answers(POOL).unwrap());
+    a.driver.detach(&name, "ctr-1").unwrap();
     a.driver.remove(&name, false).unwrap();
 }

@@ -200,6 +200,7 @@ impl Driver {
             device: None,
             client_addr: None,
             cleaned_locks: Vec::new(),
+            warnings: Vec::new(),
             timings,
         };
         let mut keep_ids = std::collections::BTreeSet::new();
@@ -270,6 +271,7 @@ impl Driver {
         let claim = self.claim_image(name, &current, read_only, protect)?;
         report.timings.claim_ms = ms(tc);
         report.claim = Some(claim);
+        report.warnings.extend(self.daemon_warning(&current.pool));
         let res = self.attach_claimed(
             name,
             &loc,

@@ -60,6 +60,9 @@ pub struct AttachReport {
     pub client_addr: Option<EntityAddr>,
     /// Exclusive locks left by fenced (blocklisted) clients, broken before mapping.
     pub cleaned_locks: Vec<String>,
+    /// Things the caller should know (e.g. no node daemon answers for this node: other
+    /// nodes will take its mappings for dead and fence them).
+    pub warnings: Vec<String>,
     /// How long each step took.
     pub timings: AttachTimings,
 }
@@ -321,6 +324,34 @@ impl Driver {
                 "cannot answer control requests in pool {pool}: {e}; other nodes may \
                  take this node's images there for dead"
             );
+        }
+    }
+
+    /// Whether a node daemon answers control requests for this node in `pool` (a ping to
+    /// ourselves). Without one, other nodes take this node's mappings for dead.
+    pub fn daemon_answers(&self, pool: &str) -> Result<bool> {
+        let ctl = self.cluster.control(pool)?;
+        Ok(ctl.ping(self.node(), std::time::Duration::from_secs(1))?
+            == crate::cluster::PingResult::Alive)
+    }
+
+    /// A warning when no node daemon answers for this node in `pool`.
+    pub(super) fn daemon_warning(&self, pool: &str) -> Option<String> {
+        match self.daemon_answers(pool) {
+            Ok(true) => None,
+            Ok(false) => {
+                let w = format!(
+                    "no node daemon answers control requests for node {} in pool {pool}: \
+                     other nodes will take this node's mappings for dead and fence them \
+                     (run the Docker plugin or `rbdctl daemon` on this node)",
+                    self.node()
+                );
+                tracing::warn!("{w}");
+                Some(w)
+            }
+            Err(e) => Some(format!(
+                "could not ping this node's daemon in pool {pool}: {e}"
+            )),
         }
     }
 
