@@ -267,6 +267,15 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         mapping,
         record: m.paths.record(),
     });
+    // Split the device's requests where FUSE splits them (max_write), so that each loop
+    // request is one FUSE request and one librbd request. Writing max_sectors_kb freezes
+    // the queue (tens of ms), so it happens after readiness; until then requests are
+    // merely split differently.
+    if let Some(dev) = &m.dev
+        && let Err(e) = dev.set_max_request_kb(fusefs::MAX_WRITE / 1024)
+    {
+        log!("note: {}", super::chain(&e));
+    }
 
     let interval = req
         .check_interval_ms
@@ -321,6 +330,9 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
 impl Mapper {
     fn setup(&mut self, req: &ServeRequest, io_timeout: u32) -> Result<Mapping, String> {
         let r = &req.request;
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
+        let mark = |what, steps: &mut Vec<(&str, Duration)>| steps.push((what, t0.elapsed()));
         if r.image_id.is_empty() {
             return Err("no image id given: mappings are made by image id".into());
         }
@@ -351,6 +363,7 @@ impl Mapper {
         }
         let rados = Rados::connect(&opts)
             .map_err(|e| format!("connecting to the cluster as client.{id}: {e}"))?;
+        mark("connect", &mut steps);
         self.addr = rados.getaddrs().ok().and_then(|v| v.primary().copied());
         self.rados = Some(rados.clone());
         let mut io = rados
@@ -366,6 +379,7 @@ impl Mapper {
         }
         let image = Image::open_by_id(&io, &r.image_id, &oo)
             .map_err(|e| format!("opening image id {} ({}): {e}", r.image_id, r.spec()))?;
+        mark("open", &mut steps);
         let name = image.name().unwrap_or_else(|_| r.image.clone());
         if name != r.image {
             log!(
@@ -423,6 +437,7 @@ impl Mapper {
                 .map_err(|e| format!("starting the FUSE session: {e}"))?,
         );
 
+        mark("fuse", &mut steps);
         // Loop device.
         let file_path = self.paths.fuse_file();
         let file = std::fs::OpenOptions::new()
@@ -443,11 +458,6 @@ impl Mapper {
         )
         .map_err(|e| super::chain(&e))?;
         drop(file);
-        // Split the device's requests where FUSE splits them (max_write), so that each
-        // loop request is one FUSE request and one librbd request.
-        if let Err(e) = dev.set_max_request_kb(fusefs::MAX_WRITE / 1024) {
-            log!("note: {}", super::chain(&e));
-        }
         let device = dev.path();
         self.dev = Some(dev);
 
@@ -472,8 +482,18 @@ impl Mapper {
             io_timeout_secs: io_timeout,
             created: unix_now(),
         };
+        mark("loop", &mut steps);
         record::write_json(&self.paths.record(), &rec).map_err(|e| super::chain(&e))?;
         self.record_written = true;
+        log!(
+            "set up in {} ms ({})",
+            t0.elapsed().as_millis(),
+            steps
+                .iter()
+                .map(|(w, d)| format!("{w} at {} ms", d.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         Ok(rec.mapping(Some(me)))
     }
 
@@ -599,6 +619,8 @@ impl Mapper {
 
     /// Undoes everything that was set up; returns what failed.
     fn teardown(&mut self, stop: &Stop, forced: &AtomicBool) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
         let mut errors = Vec::new();
         let graceful = *stop == Stop::Unmap && !forced.load(Ordering::SeqCst);
         if !graceful && let Some(s) = &self.shared {
@@ -644,6 +666,7 @@ impl Mapper {
                 );
             }
         }
+        steps.push(("loop", t0.elapsed()));
         // 2. FUSE: lazy unmount (never blocks), then let the session threads finish.
         let mnt = self.paths.mountpoint();
         if self.mounted {
@@ -664,7 +687,7 @@ impl Mapper {
             };
             let deadline = Instant::now() + wait;
             while !session.guard.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(2));
             }
             if session.guard.is_finished() {
                 let _ = session.join();
@@ -677,6 +700,7 @@ impl Mapper {
             }
         }
         let _ = std::fs::remove_dir(&mnt);
+        steps.push(("fuse", t0.elapsed()));
         // 3. The image: release the lock, close. Bounded: a fenced client may never hear
         // back from the cluster.
         if let Some(b) = self.backend.take() {
@@ -697,7 +721,7 @@ impl Mapper {
             };
             let deadline = Instant::now() + wait;
             while outstanding() > 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(2));
             }
             let fenced = matches!(stop, Stop::Fenced(_));
             if outstanding() > 0 {
@@ -747,6 +771,7 @@ impl Mapper {
                 }
             }
         }
+        steps.push(("image", t0.elapsed()));
         // 4. The connection: shut down with a deadline, or leave it to the exit.
         if let Some(rados) = self.rados.take()
             && let Err(e) = bounded(
@@ -757,6 +782,7 @@ impl Mapper {
         {
             log!("{e}");
         }
+        steps.push(("connection", t0.elapsed()));
         // 5. The record.
         if self.record_written {
             if let Err(e) = std::fs::remove_file(self.paths.record()) {
@@ -765,6 +791,15 @@ impl Mapper {
             self.record_written = false;
         }
         let _ = std::fs::remove_file(self.paths.asok());
+        log!(
+            "torn down in {} ms ({})",
+            t0.elapsed().as_millis(),
+            steps
+                .iter()
+                .map(|(w, d)| format!("{w} at {} ms", d.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         errors
     }
 }
