@@ -66,6 +66,8 @@ pub(crate) trait BlockBackend: Send + Sync + 'static {
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()>;
     /// Makes completed writes durable.
     fn flush(&self) -> IoFuture<()>;
+    /// Takes back a buffer that [`BlockBackend::read`] returned, once replied.
+    fn recycle(&self, _buf: Vec<u8>) {}
 }
 
 /// Counters, for the log.
@@ -534,6 +536,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         self.shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         let io = self.backend.read(offset, len as usize);
         let shared = self.shared.clone();
+        let backend = self.backend.clone();
         self.shared.submit(io, move |r| match r {
             Ok(buf) => {
                 shared
@@ -541,6 +544,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
                     .bytes_read
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 reply.data(&buf);
+                backend.recycle(buf);
             }
             Err(e) => reply.error(e),
         });
