@@ -1,3 +1,368 @@
 //! Benchmarks for the workspace: criterion benches of the hot paths (`benches/`) and
 //! comparison runners (`src/bin/`) that measure our code against Ceph's own tools in one run
 //! on the same cluster, and print ratios for `BENCHMARKS.md`.
+//!
+//! This library holds what the runners share: the `rbd bench`-style workloads
+//! ([`Workload`]), our side of them over rbd-core's aio ([`run_ours`]), the anchor's side
+//! ([`run_rbd_bench`]), and small statistics helpers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rbd_core::{Image, IoFlags};
+
+/// Read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoType {
+    /// `--io-type read`.
+    Read,
+    /// `--io-type write`.
+    Write,
+}
+
+/// Where each request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// `--io-pattern seq`: one cursor from a random aligned start, wrapping at the end.
+    Seq,
+    /// `--io-pattern rand`: uniformly random aligned offsets.
+    Rand,
+}
+
+/// One `rbd bench` workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Row label, e.g. `4M seq write`.
+    pub name: &'static str,
+    /// Read or write.
+    pub io_type: IoType,
+    /// Bytes per request (`--io-size`).
+    pub io_size: u64,
+    /// Offsets (`--io-pattern`).
+    pub pattern: Pattern,
+    /// Bytes in all (`--io-total`).
+    pub total: u64,
+}
+
+impl Workload {
+    /// Requests in the workload.
+    pub fn ops(&self) -> u64 {
+        self.total / self.io_size
+    }
+
+    /// Whether the natural unit is IOPS (small requests) rather than MiB/s.
+    pub fn report_iops(&self) -> bool {
+        self.io_size < (1 << 20)
+    }
+
+    /// The hint `rbd bench` passes with every request, which we pass too.
+    pub fn flags(&self) -> IoFlags {
+        match self.pattern {
+            Pattern::Seq => IoFlags::FADVISE_SEQUENTIAL,
+            Pattern::Rand => IoFlags::FADVISE_RANDOM,
+        }
+    }
+
+    /// The `rbd bench` arguments for this workload with `threads` ops in flight.
+    pub fn rbd_bench_args(&self, threads: usize) -> Vec<String> {
+        vec![
+            "bench".into(),
+            "--io-type".into(),
+            match self.io_type {
+                IoType::Read => "read",
+                IoType::Write => "write",
+            }
+            .into(),
+            "--io-size".into(),
+            self.io_size.to_string(),
+            "--io-pattern".into(),
+            match self.pattern {
+                Pattern::Seq => "seq",
+                Pattern::Rand => "rand",
+            }
+            .into(),
+            "--io-threads".into(),
+            threads.to_string(),
+            "--io-total".into(),
+            self.total.to_string(),
+        ]
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// Requests per second.
+    pub ops_per_sec: f64,
+    /// Bytes per second.
+    pub bytes_per_sec: f64,
+}
+
+impl Measurement {
+    /// From a request count, a request size and the time they took.
+    pub fn from_ops(ops: u64, io_size: u64, elapsed: Duration) -> Self {
+        let s = elapsed.as_secs_f64().max(1e-9);
+        Self {
+            ops_per_sec: ops as f64 / s,
+            bytes_per_sec: (ops * io_size) as f64 / s,
+        }
+    }
+}
+
+/// A small, fast, deterministic PRNG (xorshift64*), for offsets and data patterns.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded; a zero seed is replaced by a fixed non-zero one.
+    pub fn new(seed: u64) -> Self {
+        Self(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`), by rejection so it has no modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - (u64::MAX % n);
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return v % n;
+            }
+        }
+    }
+}
+
+/// Request offsets as `rbd bench` issues them: for `Seq`, one cursor from a random
+/// aligned start, advancing by `io_size` and wrapping to 0 when the next request would
+/// not fit; for `Rand`, uniform aligned offsets.
+#[derive(Debug, Clone)]
+pub struct Offsets {
+    pattern: Pattern,
+    io_size: u64,
+    slots: u64,
+    next: u64,
+    rng: Rng,
+}
+
+impl Offsets {
+    /// Offsets for `w` on an image of `image_size` bytes (at least one request long).
+    pub fn new(w: &Workload, image_size: u64, seed: u64) -> Self {
+        let slots = (image_size / w.io_size).max(1);
+        let mut rng = Rng::new(seed);
+        let next = rng.below(slots) * w.io_size;
+        Self {
+            pattern: w.pattern,
+            io_size: w.io_size,
+            slots,
+            next,
+            rng,
+        }
+    }
+}
+
+impl Iterator for Offsets {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        Some(match self.pattern {
+            Pattern::Rand => self.rng.below(self.slots) * self.io_size,
+            Pattern::Seq => {
+                let off = self.next;
+                let n = off + self.io_size;
+                self.next = if n + self.io_size > self.slots * self.io_size {
+                    0
+                } else {
+                    n
+                };
+                off
+            }
+        })
+    }
+}
+
+/// Runs workload `w` on `img` through rbd-core's aio with `depth` requests in flight, as
+/// `rbd bench` does (same offsets, same op flags, one flush at the end, timed from the
+/// first request to the end of that flush). Buffers are allocated once and reused.
+pub async fn run_ours(
+    img: &Image,
+    w: &Workload,
+    depth: usize,
+    seed: u64,
+) -> anyhow::Result<Measurement> {
+    let size = img.size()?;
+    if w.io_size > size {
+        bail!(
+            "io size {} is larger than the image ({size} bytes)",
+            w.io_size
+        );
+    }
+    let mut offsets = Offsets::new(w, size, seed);
+    let mut rng = Rng::new(seed ^ 0x5555);
+    let fill = (rng.next_u64() & 0xff) as u8;
+    let mut pool: Vec<Vec<u8>> = (0..depth).map(|_| vec![fill; w.io_size as usize]).collect();
+    let flags = w.flags();
+    let total_ops = w.ops();
+    let mut submitted = 0u64;
+    let mut inflight = FuturesUnordered::new();
+    let start = Instant::now();
+    while submitted < total_ops || !inflight.is_empty() {
+        while inflight.len() < depth && submitted < total_ops {
+            let buf = pool.pop().expect("one buffer per request in flight");
+            let off = offsets.next().unwrap_or(0);
+            inflight.push(match w.io_type {
+                IoType::Read => img.aio_read_with(off, buf, flags),
+                IoType::Write => img.aio_write_buf_with(off, buf, flags),
+            });
+            submitted += 1;
+        }
+        if let Some(r) = inflight.next().await {
+            let buf = r.context("benchmark request failed")?;
+            if buf.len() as u64 != w.io_size {
+                bail!("short request: {} of {} bytes", buf.len(), w.io_size);
+            }
+            pool.push(buf);
+        }
+    }
+    img.aio_flush().await?;
+    Ok(Measurement::from_ops(total_ops, w.io_size, start.elapsed()))
+}
+
+/// Runs `rbd bench` for `w` on `spec` (`pool/image`) with `threads` in flight, under a
+/// `timeout` of `limit`, and reads its own final `ops/sec` (timed by rbd from after the
+/// image is open to after its final flush, like [`run_ours`]).
+pub fn run_rbd_bench(
+    conf: &Path,
+    spec: &str,
+    w: &Workload,
+    threads: usize,
+    limit: Duration,
+) -> anyhow::Result<Measurement> {
+    let out = Command::new("timeout")
+        .arg(limit.as_secs().max(1).to_string())
+        .arg("rbd")
+        .arg("-c")
+        .arg(conf)
+        .args(w.rbd_bench_args(threads))
+        .arg(spec)
+        .output()
+        .context("running rbd bench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "rbd bench {:?} failed ({}): {}{}",
+            w.name,
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ops = parse_rbd_bench_ops_per_sec(&stdout)
+        .with_context(|| format!("no final ops/sec in rbd bench output: {stdout}"))?;
+    Ok(Measurement {
+        ops_per_sec: ops,
+        bytes_per_sec: ops * w.io_size as f64,
+    })
+}
+
+/// Extracts the final `ops/sec:` figure from `rbd bench` output
+/// (`elapsed: 3   ops: 256   ops/sec: 80.95   bytes/sec: 323 MiB/s`).
+pub fn parse_rbd_bench_ops_per_sec(out: &str) -> Option<f64> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("elapsed:"))?;
+    let rest = line.split("ops/sec:").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Workload = Workload {
+        name: "t",
+        io_type: IoType::Write,
+        io_size: 4096,
+        pattern: Pattern::Seq,
+        total: 4096 * 10,
+    };
+
+    #[test]
+    fn parses_rbd_bench_output() {
+        let out = "bench  type write io_size 4194304 io_threads 16 bytes 268435456 pattern sequential\n  SEC       OPS   OPS/SEC   BYTES/SEC\n    1        48   47.9     192 MiB/s\nelapsed: 1   ops: 64   ops/sec: 43.7158   bytes/sec: 175 MiB/s\n";
+        assert_eq!(parse_rbd_bench_ops_per_sec(out), Some(43.7158));
+        assert_eq!(parse_rbd_bench_ops_per_sec("nothing"), None);
+    }
+
+    #[test]
+    fn seq_offsets_wrap_and_stay_aligned() {
+        let offs: Vec<u64> = Offsets::new(&W, 4096 * 4, 7).take(9).collect();
+        for w in offs.windows(2) {
+            assert!(w[1] == w[0] + 4096 || w[1] == 0, "{offs:?}");
+        }
+        assert!(offs.iter().all(|o| o % 4096 == 0 && *o < 4096 * 4));
+        assert!(offs.contains(&0));
+    }
+
+    #[test]
+    fn rand_offsets_cover_the_image() {
+        let w = Workload {
+            pattern: Pattern::Rand,
+            ..W
+        };
+        let offs: Vec<u64> = Offsets::new(&w, 4096 * 8, 3).take(400).collect();
+        assert!(offs.iter().all(|o| o % 4096 == 0 && *o < 4096 * 8));
+        for slot in 0..8 {
+            assert!(offs.contains(&(slot * 4096)), "slot {slot} never hit");
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn args_match_rbd_bench() {
+        let a = W.rbd_bench_args(16).join(" ");
+        assert_eq!(
+            a,
+            "bench --io-type write --io-size 4096 --io-pattern seq --io-threads 16 --io-total 40960"
+        );
+        assert_eq!(W.ops(), 10);
+    }
+}

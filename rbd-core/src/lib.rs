@@ -20,16 +20,62 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! use rbd_core::{ConnectOptions, Rados};
+//! Connect, create an image, write and read it synchronously and asynchronously, then
+//! remove it. (This example runs as a doctest against the dev cluster; the hidden lines
+//! only find the cluster and clean up.)
 //!
-//! // CEPH_CONF / CEPH_ARGS are honoured; explicit options win.
-//! let rados = Rados::connect(&ConnectOptions::new())?;
-//! let io = rados.ioctx("rbd")?;
-//! println!("cluster {} pools {:?}", rados.fsid()?, rados.pool_list()?);
-//! # let _ = io;
-//! # Ok::<(), rbd_core::Error>(())
 //! ```
+//! use rbd_core::rbd::{self, ImageOptions};
+//! use rbd_core::{ConnectOptions, Image, OpenOptions, Rados};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let Some(conf) = testkit::ceph_conf() else { return Ok(()) };
+//! # let name = testkit::unique("doc-example");
+//! # struct Remove(rbd_core::IoCtx, String);
+//! # impl Drop for Remove { fn drop(&mut self) { let _ = rbd::remove(&self.0, &self.1); } }
+//! // CEPH_CONF / CEPH_ARGS are honoured; explicit options win. Timeouts are set by default.
+//! let rados = Rados::connect(&ConnectOptions::new().conf_file(&conf))?;
+//! let io = rados.ioctx("rbd")?;
+//! rbd::create(&io, &name, 64 << 20, &ImageOptions::new())?;
+//! # let _remove = Remove(rados.ioctx("rbd")?, name.clone());
+//! let image = Image::open(&io, &name, &OpenOptions::new())?;
+//! assert_eq!(image.size()?, 64 << 20);
+//!
+//! // Positional, synchronous I/O...
+//! image.write_at(4096, b"hello")?;
+//! let mut buf = [0u8; 5];
+//! image.read_exact_at(4096, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//!
+//! // ...and asynchronous I/O, from tokio (or `.wait()` from a plain thread).
+//! let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! let data = rt.block_on(async {
+//!     image.aio_write(8192, b"world".to_vec()).await?;
+//!     image.aio_flush().await?;
+//!     image.aio_read(8192, vec![0; 5]).await
+//! })?;
+//! assert_eq!(data, b"world");
+//!
+//! image.close()?;
+//! rbd::remove(&io, &name)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Threads and async
+//!
+//! | type | `Send` | `Sync` | why |
+//! |---|---|---|---|
+//! | [`Rados`] | yes | yes | librados' cluster handle is thread-safe; clones share it |
+//! | [`IoCtx`] | yes | yes | ioctx operations are thread-safe; the namespace changes only through `&mut self` |
+//! | [`Image`] | yes | yes | librbd's `ImageCtx` locks internally; I/O and management calls may run from many threads at once |
+//! | [`Watch`] | yes | yes | callbacks only read its state; it is freed only after `rados_unwatch2` + `rados_watch_flush` |
+//! | [`AioFuture`], [`watch::NotifyFuture`] | yes | — | each owns its buffers and a reference to its C handle, so it is `'static` |
+//! | [`WriteOp`], [`ReadOp`] | yes | no | a C operation owned by one value, not tied to a thread; building it mutates it |
+//! | [`rbd::ImageOptions`] | yes | yes | owned C map; shared references only read it, and C calls get a private copy |
+//!
+//! Asynchronous forms: image I/O ([`rbd::aio`]), notify ([`IoCtx::aio_notify`]) and
+//! watch streams are native and runtime-agnostic. Every other call is synchronous and
+//! bounded by the [`Timeouts`]; from async code, run it with [`task::blocking`].
 
 pub mod addr;
 pub mod error;
@@ -40,6 +86,7 @@ pub mod omap;
 pub mod rados;
 pub mod rbd;
 pub mod sys;
+pub mod task;
 mod util;
 pub mod watch;
 

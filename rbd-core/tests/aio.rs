@@ -209,6 +209,9 @@ fn errors_come_back_through_the_future() {
     img.snap_create("s").unwrap();
     let ro = Image::open(&t.io, &t.name, &OpenOptions::new().read_only(true)).unwrap();
     let snap = Image::open(&t.io, &t.name, &OpenOptions::new().snapshot("s")).unwrap();
+    assert!(ro.is_read_only() && !img.is_read_only());
+    assert_eq!(snap.opened_snapshot(), Some("s"));
+    assert_eq!(img.opened_snapshot(), None);
     runtime().block_on(async {
         for (what, h) in [("read-only", &ro), ("snapshot", &snap)] {
             let e = h.aio_write(0, vec![1; 512]).await.unwrap_err();
@@ -309,4 +312,78 @@ fn wait_blocks_without_a_runtime() {
     let mut b = vec![0u8; 4096];
     img.read_exact_at(3 * MIB, &mut b).unwrap();
     assert!(b == pattern(3, 4096));
+}
+
+#[test]
+fn write_buf_gives_the_buffer_back_for_reuse() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let t = TestImage::create(&rados, "aio-reuse", 4 * MIB, &plain_opts());
+    let img = t.open();
+    runtime().block_on(async {
+        // One buffer, reused for 16 writes one after the other.
+        let mut buf = vec![0u8; 64 * KIB as usize];
+        for i in 0..16u64 {
+            let p = pattern(i, buf.len());
+            buf.copy_from_slice(&p);
+            let ptr = buf.as_ptr();
+            buf = img
+                .aio_write_buf_with(i * 64 * KIB, buf, rbd_core::IoFlags::FADVISE_SEQUENTIAL)
+                .await
+                .unwrap();
+            assert_eq!(buf.as_ptr(), ptr, "not the same buffer");
+            assert_eq!(buf.len(), 64 * KIB as usize);
+        }
+        // Past the end: refused, and the buffer is not needed back (it is dropped).
+        let e = img.aio_write_buf(4 * MIB - 1, buf).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        img.aio_flush().await.unwrap();
+    });
+    let exported = mgmt::export(&conf, &t.spec());
+    for i in 0..16usize {
+        let l = 64 * KIB as usize;
+        assert!(
+            exported[i * l..(i + 1) * l] == pattern(i as u64, l),
+            "block {i}"
+        );
+    }
+}
+
+#[test]
+fn close_waits_for_futures_and_reports_busy_when_they_are_kept() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let t = TestImage::create(&rados, "aio-close", 4 * MIB, &plain_opts());
+    // A connection whose OSD op timeout (and so close's wait) is short.
+    let short = rbd_core::Rados::connect(
+        &rbd_core::ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(rbd_core::Timeouts::uniform(Duration::from_secs(1))),
+    )
+    .unwrap();
+    let io = short.ioctx(common::POOL).unwrap();
+    let img = Image::open(&io, &t.name, &OpenOptions::new()).unwrap();
+    // A future kept (complete, but neither awaited nor dropped) holds the handle.
+    let kept = img.aio_write(0, b"kept".to_vec());
+    let t0 = std::time::Instant::now();
+    let e = img.close().unwrap_err();
+    let waited = t0.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains(&t.name), "{e}");
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(20),
+        "close waited {waited:?}"
+    );
+    // The handle is still open (its watch is there) until the future goes...
+    let ro = Image::open(&t.io, &t.name, &OpenOptions::new().read_only(true)).unwrap();
+    assert_eq!(ro.watchers().unwrap().len(), 1);
+    assert!(kept.is_complete());
+    assert_eq!(kept.wait().unwrap(), 4);
+    // ...and closed right after.
+    assert!(ro.watchers().unwrap().is_empty());
+    let mut b = [0u8; 4];
+    ro.read_exact_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"kept");
 }

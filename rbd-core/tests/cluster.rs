@@ -107,3 +107,68 @@ fn bad_conf_file_is_a_clear_error() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     assert!(e.to_string().contains("/nonexistent/ceph.conf"), "{e}");
 }
+
+#[test]
+fn pools_are_created_seen_by_the_cli_and_deleted() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let pool = testkit::unique("rbdcore-pool");
+    struct PoolGuard(Rados, String);
+    impl Drop for PoolGuard {
+        fn drop(&mut self) {
+            let _ = self.0.pool_delete(&self.1);
+        }
+    }
+    rados.pool_create(&pool).unwrap();
+    let _guard = PoolGuard(rados.clone(), pool.clone());
+    let e = rados.pool_create(&pool).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
+    assert!(e.to_string().contains(&pool), "{e}");
+    let id = rados.pool_lookup(&pool).unwrap();
+    assert_eq!(rados.pool_reverse_lookup(id).unwrap(), pool);
+    assert!(rados.pool_list().unwrap().contains(&pool));
+    let cli = common::cli(&conf, "ceph", &["osd", "pool", "ls"]);
+    assert!(cli.lines().any(|l| l == pool), "{cli}");
+    // An object in it, through an I/O context opened by id.
+    let io = rados.ioctx_by_id(id).unwrap();
+    assert_eq!(io.pool_name(), pool);
+    io.write_full("o", b"in the new pool").unwrap();
+    let out = common::cli(&conf, "rados", &["-p", &pool, "ls"]);
+    assert_eq!(out.trim(), "o");
+    drop(io);
+
+    rados.pool_delete(&pool).unwrap();
+    assert_eq!(
+        rados.pool_lookup(&pool).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let cli = common::cli(&conf, "ceph", &["osd", "pool", "ls"]);
+    assert!(!cli.lines().any(|l| l == pool), "{cli}");
+    let e = rados.pool_delete(&pool).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+#[test]
+fn connect_default_conf_set_and_osdmap() {
+    let Some((_rados, _conf)) = common::connect() else {
+        return;
+    };
+    // CEPH_CONF (set for the tests) is honoured by the defaults.
+    let rados = Rados::connect_default().unwrap();
+    assert!(
+        rados
+            .pool_list()
+            .unwrap()
+            .contains(&common::POOL.to_string())
+    );
+    assert_eq!(rados.timeouts(), rbd_core::Timeouts::default());
+    rados.conf_set("rbd_default_features", "1").unwrap();
+    assert_eq!(rados.conf_get("rbd_default_features").unwrap(), "1");
+    let e = rados.conf_set("no_such_option_xyz", "1").unwrap_err();
+    assert!(e.to_string().contains("no_such_option_xyz"), "{e}");
+    rados.wait_for_latest_osdmap().unwrap();
+    // ConnectOptions reports the timeouts it will apply.
+    let t = rbd_core::Timeouts::uniform(std::time::Duration::from_secs(7));
+    assert_eq!(ConnectOptions::new().timeouts(t).get_timeouts(), t);
+}

@@ -388,3 +388,53 @@ fn panicking_progress_callback_is_resumed_after_the_call() {
     // The operation itself ran to completion and the handle still works.
     assert_eq!(img.size().unwrap(), MIB);
 }
+
+#[test]
+fn data_pool_holds_the_data_objects() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let data_pool = testkit::unique("rbdcore-data");
+    struct PoolGuard(rbd_core::Rados, String);
+    impl Drop for PoolGuard {
+        fn drop(&mut self) {
+            let _ = self.0.pool_delete(&self.1);
+        }
+    }
+    rados.pool_create(&data_pool).unwrap();
+    let _pool = PoolGuard(rados.clone(), data_pool.clone());
+    common::cli(
+        &conf,
+        "ceph",
+        &["osd", "pool", "application", "enable", &data_pool, "rbd"],
+    );
+    let opts = ImageOptions::new()
+        .features(Features::LAYERING)
+        .data_pool(&data_pool)
+        .unwrap();
+    assert_eq!(opts.get_data_pool().as_deref(), Some(data_pool.as_str()));
+    let t = TestImage::create(&rados, "mgmt-datapool", 8 * MIB, &opts);
+    let img = t.open();
+    assert_eq!(
+        img.data_pool_id().unwrap(),
+        rados.pool_lookup(&data_pool).unwrap()
+    );
+    assert!(img.features().unwrap().contains(Features::DATA_POOL));
+    let cli = common::cli_json(&conf, "rbd", &["info", &t.spec()]);
+    assert_eq!(cli["data_pool"], data_pool.as_str(), "{cli}");
+    // Data goes to the data pool; the header stays in the image's pool.
+    img.write_at(5 * MIB, b"in the data pool").unwrap();
+    img.flush().unwrap();
+    let prefix = img.block_name_prefix().unwrap();
+    let objs = common::cli(&conf, "rados", &["-p", &data_pool, "ls"]);
+    assert!(
+        objs.lines()
+            .any(|o| o == format!("{prefix}.0000000000000001")),
+        "{objs}"
+    );
+    let mut b = [0u8; 16];
+    img.read_exact_at(5 * MIB, &mut b).unwrap();
+    assert_eq!(&b, b"in the data pool");
+    drop(img);
+    drop(t); // removes the image before the pool goes
+}

@@ -237,3 +237,31 @@ fn invalid_input_is_rejected_before_the_cluster() {
     }
     assert_eq!(io.stat("ok").unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn set_namespace_switches_an_ioctx_back_and_forth() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let ns = testkit::unique("ns-set");
+    let oid = testkit::unique("ns-set-obj");
+    let mut io = rados.ioctx(common::POOL).unwrap();
+    io.set_namespace(&ns).unwrap();
+    assert_eq!(io.namespace(), ns);
+    io.write_full(&oid, b"namespaced").unwrap();
+    let cli = common::cli(&conf, "rados", &["-p", common::POOL, "-N", &ns, "ls"]);
+    assert!(cli.lines().any(|l| l == oid), "{cli}");
+    // Back in the default namespace the object is not there; errors name the namespace
+    // only when there is one.
+    io.set_namespace("").unwrap();
+    let e = io.stat(&oid).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(!e.to_string().contains("namespace"), "{e}");
+    io.set_namespace(&ns).unwrap();
+    assert_eq!(io.read_full(&oid).unwrap(), b"namespaced");
+    let e = io.stat("missing-in-ns").unwrap_err();
+    assert!(e.to_string().contains(&format!("namespace {ns}")), "{e}");
+    io.remove_object(&oid).unwrap();
+    assert!(io.set_namespace("bad\0ns").is_err());
+    assert_eq!(io.namespace(), ns, "a refused namespace changes nothing");
+}

@@ -336,3 +336,31 @@ fn blocking_wait_on_aio_notify() {
         .unwrap();
     assert!(reply.acks.is_empty() && reply.timeouts.is_empty());
 }
+
+#[test]
+fn ack_through_the_ioctx_by_id_and_cookie() {
+    let Some((a, b, oid, _g, _conf)) = setup("watch-ioctx-ack") else {
+        return;
+    };
+    let io_a = a.ioctx(common::POOL).unwrap();
+    let mut watch = io_a.watch(&oid).unwrap();
+    let notifier = {
+        let io_b = b.ioctx(common::POOL).unwrap();
+        let oid = oid.clone();
+        std::thread::spawn(move || io_b.notify(&oid, b"who?", Duration::from_secs(15)))
+    };
+    let Some(WatchEvent::Notify(n)) = watch.recv_timeout(Duration::from_secs(20)) else {
+        panic!("no notification")
+    };
+    // Acknowledge with only the ids (as a process that kept them would), not the Watch.
+    io_a.notify_ack(&oid, n.notify_id, n.cookie, b"me").unwrap();
+    let reply = notifier.join().unwrap().unwrap();
+    assert_eq!(reply.acks.len(), 1, "{reply:?}");
+    assert_eq!(reply.acks[0].payload, b"me");
+    assert_eq!(reply.acks[0].gid, a.instance_id());
+    // Bad input is refused before the cluster: an object name with a NUL.
+    let e = io_a
+        .notify_ack("a\0b", n.notify_id, n.cookie, b"")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}

@@ -99,6 +99,20 @@ pub enum DriverError {
     /// The volume already exists.
     #[error("volume {0} already exists")]
     VolumeExists(String),
+    /// An operation failed, and undoing what it had already done failed too. The undo is
+    /// recorded in the state file and retried by recovery.
+    #[error(
+        "{op} failed, and cleaning up after it failed too ({cleanup}); recovery will retry the cleanup"
+    )]
+    CleanupFailed {
+        /// The operation, e.g. `creating volume v1`.
+        op: String,
+        /// Why the cleanup failed.
+        cleanup: String,
+        /// The original failure.
+        #[source]
+        source: Box<DriverError>,
+    },
     /// The local state file is unreadable.
     #[error("state file {path} is corrupt")]
     CorruptState {
@@ -108,6 +122,43 @@ pub enum DriverError {
         #[source]
         source: serde_json::Error,
     },
+    /// The cluster registry says another node holds the image (cluster layer).
+    #[error("image {image} is held {mode} by node {node}{}", mounts_suffix(.mount_ids))]
+    Held {
+        /// `pool/[namespace/]image (id ...)`.
+        image: String,
+        /// The node that holds it (the winner of a race).
+        node: String,
+        /// `rw` or `ro`.
+        mode: String,
+        /// The holder's mount IDs, when it reported any.
+        mount_ids: Vec<String>,
+    },
+    /// A registry, fence log or control message could not be decoded (cluster layer).
+    #[error("{what} is not valid")]
+    CorruptRecord {
+        /// What it is, naming the object and key.
+        what: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Fencing a client did not complete; nothing was taken over (cluster layer).
+    #[error("fencing for image {image} failed: {reason}")]
+    FenceFailed {
+        /// `pool/[namespace/]image (id ...)`.
+        image: String,
+        /// What is left (e.g. a watcher that did not go away).
+        reason: String,
+    },
+}
+
+fn mounts_suffix(ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(" (mount IDs: {})", ids.join(", "))
+    }
 }
 
 impl DriverError {

@@ -44,6 +44,51 @@ pub enum CliError {
     /// In use, or has snapshots.
     #[error("{0}")]
     Busy(String),
+    /// Something named on the command line does not exist (a metadata key, a locker, a
+    /// trash entry).
+    #[error("{0}")]
+    NotFound(String),
+    /// Refused by a rule of the cluster's (e.g. a trash entry's deferment); `--force`
+    /// usually overrides it.
+    #[error("{0}")]
+    Denied(String),
+    /// Something to be created already exists (e.g. an export's output file).
+    #[error("{0}")]
+    Exists(String),
+    /// A Ceph call failed; `context` says what we were doing.
+    #[error("{context}")]
+    CephContext {
+        /// What we were doing, e.g. `cloning rbd/a@s to rbd/b`.
+        context: String,
+        /// The failure.
+        #[source]
+        source: rbd_core::Error,
+    },
+}
+
+impl CliError {
+    /// An I/O error with a description of what we were doing.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        CliError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Adds what we were doing to a Ceph error, keeping its kind (and exit code).
+pub trait WithContext<T> {
+    /// Wraps the error with `f()`'s description.
+    fn context(self, f: impl FnOnce() -> String) -> CliResult<T>;
+}
+
+impl<T> WithContext<T> for Result<T, rbd_core::Error> {
+    fn context(self, f: impl FnOnce() -> String) -> CliResult<T> {
+        self.map_err(|source| CliError::CephContext {
+            context: f(),
+            source,
+        })
+    }
 }
 
 impl CliError {
@@ -51,7 +96,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         use rbd_core::ErrorKind as K;
         let kind = match self {
-            CliError::Ceph(e) => Some(e.kind()),
+            CliError::Ceph(e) | CliError::CephContext { source: e, .. } => Some(e.kind()),
             CliError::Driver(e) => match e {
                 rbd_driver::DriverError::InvalidInput { .. } => return exit::USAGE,
                 rbd_driver::DriverError::NoSuchVolume(_) => return exit::NOT_FOUND,
@@ -60,9 +105,19 @@ impl CliError {
                 rbd_driver::DriverError::Timeout { .. } => return exit::UNAVAILABLE,
                 _ => e.ceph_kind(),
             },
-            CliError::Io { .. } => None,
+            CliError::Io { source, .. } => {
+                return match source.kind() {
+                    std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+                    std::io::ErrorKind::AlreadyExists => exit::EXISTS,
+                    std::io::ErrorKind::PermissionDenied => exit::PERMISSION,
+                    _ => exit::FAILURE,
+                };
+            }
             CliError::Usage(_) => return exit::USAGE,
             CliError::Busy(_) => return exit::BUSY,
+            CliError::NotFound(_) => return exit::NOT_FOUND,
+            CliError::Exists(_) => return exit::EXISTS,
+            CliError::Denied(_) => return exit::PERMISSION,
         };
         match kind {
             Some(K::NotFound) => exit::NOT_FOUND,
@@ -78,3 +133,59 @@ impl CliError {
 
 /// Result alias for commands.
 pub type CliResult<T = ()> = Result<T, CliError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbd_core::Error;
+    use rbd_core::error::Context;
+
+    fn ceph(errno: i32) -> CliError {
+        CliError::Ceph(Error::from_errno("rbd_test", errno, Context::none()))
+    }
+
+    #[test]
+    fn ceph_kinds_map_to_documented_codes() {
+        assert_eq!(ceph(libc::ENOENT).exit_code(), exit::NOT_FOUND);
+        assert_eq!(ceph(libc::EEXIST).exit_code(), exit::EXISTS);
+        assert_eq!(ceph(libc::EBUSY).exit_code(), exit::BUSY);
+        assert_eq!(ceph(libc::ENOTEMPTY).exit_code(), exit::BUSY);
+        assert_eq!(ceph(libc::ETIMEDOUT).exit_code(), exit::UNAVAILABLE);
+        assert_eq!(ceph(libc::ESHUTDOWN).exit_code(), exit::UNAVAILABLE);
+        assert_eq!(ceph(libc::ENOTCONN).exit_code(), exit::UNAVAILABLE);
+        assert_eq!(ceph(libc::EPERM).exit_code(), exit::PERMISSION);
+        assert_eq!(ceph(libc::EACCES).exit_code(), exit::PERMISSION);
+        assert_eq!(ceph(libc::EINVAL).exit_code(), exit::USAGE);
+        assert_eq!(ceph(libc::EIO).exit_code(), exit::FAILURE);
+        assert_eq!(
+            CliError::Ceph(Error::invalid("size", "2Q", "bad")).exit_code(),
+            exit::USAGE
+        );
+    }
+
+    #[test]
+    fn context_keeps_the_kind() {
+        let r: Result<(), Error> =
+            Err(Error::from_errno("rbd_open", libc::ENOENT, Context::none()));
+        let e = r.context(|| "opening x".into()).unwrap_err();
+        assert_eq!(e.exit_code(), exit::NOT_FOUND);
+        assert_eq!(e.to_string(), "opening x");
+    }
+
+    #[test]
+    fn io_kinds() {
+        let e = |k| CliError::io("x", std::io::Error::from(k));
+        assert_eq!(e(std::io::ErrorKind::NotFound).exit_code(), exit::NOT_FOUND);
+        assert_eq!(
+            e(std::io::ErrorKind::AlreadyExists).exit_code(),
+            exit::EXISTS
+        );
+        assert_eq!(
+            e(std::io::ErrorKind::PermissionDenied).exit_code(),
+            exit::PERMISSION
+        );
+        assert_eq!(e(std::io::ErrorKind::BrokenPipe).exit_code(), exit::FAILURE);
+        assert_eq!(CliError::NotFound("k".into()).exit_code(), exit::NOT_FOUND);
+        assert_eq!(CliError::Exists("f".into()).exit_code(), exit::EXISTS);
+    }
+}

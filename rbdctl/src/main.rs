@@ -5,12 +5,21 @@
 //! rbdctl -c /etc/ceph/ceph.conf create --size 10G db1
 //! rbdctl ls -l
 //! rbdctl info db1 --format json
+//! rbdctl snap create db1@before-upgrade
+//! rbdctl clone db1@before-upgrade db1-test
+//! rbdctl export db1@before-upgrade - | gzip > db1.img.gz
 //! rbdctl fence ls
 //! ```
+
+// Doc comments on the argument types are clap's help text and use rbd's spec notation,
+// `[pool/[namespace/]]image[@snapshot]`, which rustdoc would read as intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod cmd;
 mod error;
 mod output;
+mod progress;
+mod spec;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,12 +65,19 @@ pub struct Cli {
     /// Timeout in seconds for every cluster call.
     #[arg(long = "timeout", global = true, default_value_t = 30)]
     pub timeout: u64,
+    /// Never draw progress bars (they are drawn on stderr, and only when it is a terminal).
+    #[arg(long = "no-progress", global = true)]
+    pub no_progress: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Subcommands.
+///
+/// Image commands are top-level, as with `rbd`; groups (`snap`, `lock`, `image-meta`,
+/// `trash`, `feature`, `fence`) are subcommands. Volume and mapping commands get groups of
+/// their own (`volume`, `device`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create an image.
@@ -73,25 +89,68 @@ pub enum Command {
         #[arg(short = 'l', long)]
         long: bool,
     },
-    /// Show an image's details.
+    /// Show an image's (or snapshot's) details, as `rbd info` does.
     Info {
-        /// Image name.
+        /// [pool/[namespace/]]image[@snapshot]
         image: String,
     },
     /// Remove an image (refused while in use or with snapshots).
     #[command(alias = "remove")]
     Rm {
-        /// Image name.
+        /// [pool/[namespace/]]image
         image: String,
     },
     /// Show an image's watchers (exact client addresses) and lock owners.
     Status {
-        /// Image name.
+        /// [pool/[namespace/]]image
         image: String,
     },
+    /// Grow (or, with --allow-shrink, shrink) an image.
+    Resize(cmd::image::ResizeArgs),
+    /// Rename an image within its pool.
+    #[command(alias = "mv")]
+    Rename {
+        /// [pool/[namespace/]]image
+        src: String,
+        /// The new name (or the same pool/namespace spelled out).
+        dst: String,
+    },
+    /// Copy an image's data (at a snapshot, or the head) into a new image.
+    #[command(name = "cp", alias = "copy")]
+    Copy(cmd::image::CopyArgs),
+    /// Snapshots: create, ls, rm, rollback, protect, unprotect, rename.
+    #[command(subcommand)]
+    Snap(cmd::snap::SnapCmd),
+    /// Create a copy-on-write clone of a snapshot.
+    Clone(cmd::clone::CloneArgs),
+    /// Copy the parent's data into a clone and detach it.
+    Flatten {
+        /// [pool/[namespace/]]image
+        image: String,
+    },
+    /// List the clones of an image's snapshots (or of one snapshot).
+    Children(cmd::clone::ChildrenArgs),
+    /// Export an image's (or snapshot's) data to a file, or to stdout with `-`.
+    Export(cmd::transfer::ExportArgs),
+    /// Create an image from a file, or from stdin with `-`.
+    Import(cmd::transfer::ImportArgs),
+    /// Locks: ls shows exclusive-lock owners and advisory lockers; break removes one.
+    #[command(subcommand)]
+    Lock(cmd::lock::LockCmd),
+    /// Image metadata (key/value pairs in the header): get, set, rm, ls.
+    #[command(subcommand, name = "image-meta", alias = "meta")]
+    ImageMeta(cmd::meta::MetaCmd),
+    /// The trash (deferred deletion): mv, ls, restore, rm.
+    #[command(subcommand)]
+    Trash(cmd::trash::TrashCmd),
+    /// Enable or disable image features (exclusive-lock, object-map, fast-diff, ...).
+    #[command(subcommand)]
+    Feature(cmd::image::FeatureCmd),
     /// Blocklist (fence) client addresses: ls, add, rm.
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
+    /// Measure I/O on an image, like `rbd bench` (writes change its data).
+    Bench(cmd::bench::BenchArgs),
     /// Print library and cluster versions.
     Version,
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -124,11 +183,30 @@ impl Cli {
     /// Connects and opens an I/O context on the pool and namespace.
     pub fn ioctx(&self) -> CliResult<(rbd_core::Rados, rbd_core::IoCtx)> {
         let rados = self.connect()?;
-        let mut io = rados.ioctx(&self.pool)?;
-        if !self.namespace.is_empty() {
-            io.set_namespace(&self.namespace)?;
-        }
+        let io = Self::open_ioctx(&rados, &self.pool, &self.namespace)?;
         Ok((rados, io))
+    }
+
+    /// An I/O context on `pool` and `namespace` of an existing connection.
+    pub fn open_ioctx(
+        rados: &rbd_core::Rados,
+        pool: &str,
+        namespace: &str,
+    ) -> CliResult<rbd_core::IoCtx> {
+        let mut io = rados.ioctx(pool)?;
+        if !namespace.is_empty() {
+            io.set_namespace(namespace)?;
+        }
+        Ok(io)
+    }
+
+    /// An I/O context for the pool and namespace of `spec`.
+    pub fn spec_ioctx(
+        &self,
+        rados: &rbd_core::Rados,
+        spec: &spec::Spec,
+    ) -> CliResult<rbd_core::IoCtx> {
+        Self::open_ioctx(rados, spec.pool(self), spec.namespace(self))
     }
 }
 
@@ -139,7 +217,21 @@ fn run(cli: &Cli) -> CliResult {
         Command::Info { image } => cmd::image::info(cli, image),
         Command::Rm { image } => cmd::image::rm(cli, image),
         Command::Status { image } => cmd::image::status(cli, image),
+        Command::Resize(a) => cmd::image::resize(cli, a),
+        Command::Rename { src, dst } => cmd::image::rename(cli, src, dst),
+        Command::Copy(a) => cmd::image::copy(cli, a),
+        Command::Snap(c) => cmd::snap::run(cli, c),
+        Command::Clone(a) => cmd::clone::clone(cli, a),
+        Command::Flatten { image } => cmd::clone::flatten(cli, image),
+        Command::Children(a) => cmd::clone::children(cli, a),
+        Command::Export(a) => cmd::transfer::export(cli, a),
+        Command::Import(a) => cmd::transfer::import(cli, a),
+        Command::Lock(c) => cmd::lock::run(cli, c),
+        Command::ImageMeta(c) => cmd::meta::run(cli, c),
+        Command::Trash(c) => cmd::trash::run(cli, c),
+        Command::Feature(c) => cmd::image::feature(cli, c),
         Command::Fence(c) => cmd::fence::run(cli, c),
+        Command::Bench(a) => cmd::bench::bench(cli, a),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {
             let mut c = Cli::command();

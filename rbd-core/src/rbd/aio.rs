@@ -330,6 +330,10 @@ fn out_vec(buf: Option<Vec<u8>>, n: u64) -> Vec<u8> {
     b
 }
 
+fn out_buf(buf: Option<Vec<u8>>, _: u64) -> Vec<u8> {
+    buf.unwrap_or_default()
+}
+
 fn out_len(_: Option<Vec<u8>>, n: u64) -> usize {
     n as usize
 }
@@ -382,6 +386,33 @@ impl Image {
             return AioFuture::ready(Err(e), out_len);
         }
         self.aio_start(Kind::Write, offset, len, Some(data), flags, out_len)
+    }
+
+    /// Like [`Image::aio_write`], but resolves to the data buffer itself, so a caller
+    /// with a buffer pool can reuse it (`rbd_aio_write2`).
+    pub fn aio_write_buf(&self, offset: u64, data: Vec<u8>) -> AioFuture<Vec<u8>> {
+        self.aio_write_buf_with(offset, data, IoFlags::empty())
+    }
+
+    /// Like [`Image::aio_write_buf`], with hints for the OSD (`rbd_aio_write2`'s
+    /// `op_flags`).
+    pub fn aio_write_buf_with(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        flags: IoFlags,
+    ) -> AioFuture<Vec<u8>> {
+        let len = data.len() as u64;
+        if len == 0 {
+            return AioFuture::ready(Ok((Some(data), 0)), out_buf);
+        }
+        if let Err(e) = self
+            .size()
+            .and_then(|size| self.check_write_range("write range", offset, len, size))
+        {
+            return AioFuture::ready(Err(e), out_buf);
+        }
+        self.aio_start(Kind::Write, offset, len, Some(data), flags, out_buf)
     }
 
     /// Discards `len` bytes at `offset` (`rbd_aio_discard`), freeing their space. The range

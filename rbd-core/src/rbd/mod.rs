@@ -10,6 +10,7 @@ pub mod info;
 pub mod io;
 pub mod lock;
 pub mod meta;
+pub mod namespace;
 pub mod progress;
 pub mod snap;
 pub mod trash;
@@ -61,6 +62,7 @@ pub use info::{
 };
 pub use io::{ImageCursor, IoFlags};
 pub use lock::{LockMode, LockOwners, Locker, Lockers};
+pub use namespace::namespace_exists;
 pub use snap::{SnapCreateFlags, SnapInfo, SnapNamespace, SnapRemoveFlags};
 pub use trash::{
     TrashEntry, TrashSource, trash_get, trash_list, trash_move, trash_remove,

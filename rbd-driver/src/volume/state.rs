@@ -66,6 +66,92 @@ pub struct State {
     /// Volumes by name.
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeState>,
+    /// Creates and removes in progress, by volume name. Recorded before their first
+    /// cluster change, so that recovery can roll a crashed create back and a crashed
+    /// remove forward.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending: BTreeMap<String, PendingOp>,
+}
+
+/// Where a create is. Recorded before each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CreatePhase {
+    /// About to claim the name in the index.
+    Claiming,
+    /// Name claimed; about to create (or clone) the image.
+    CreatingImage,
+    /// Image created; about to write its metadata.
+    SettingMetadata,
+    /// About to map, mkfs and unmap it (format at create).
+    Formatting,
+    /// About to mark the index entry ready.
+    Publishing,
+}
+
+/// Where a remove is. Recorded before each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemovePhase {
+    /// About to mark the index entry as being removed.
+    Marking,
+    /// About to remove the image.
+    RemovingImage,
+    /// Image gone; about to remove the index entry.
+    RemovingIndex,
+}
+
+/// A create in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCreate {
+    /// Pool of the new image.
+    pub pool: String,
+    /// Its RADOS namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Pool holding the name index.
+    pub index_pool: String,
+    /// The create's token (index entry and image metadata).
+    pub token: String,
+    /// The image id, once the image exists.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// The parent snapshot this create protected (`pool/[ns/]image@snap`), to unprotect
+    /// on rollback.
+    #[serde(default)]
+    pub protected_parent: Option<String>,
+    /// When the create started (seconds since the epoch).
+    pub started_at: u64,
+    /// Progress.
+    pub phase: CreatePhase,
+}
+
+/// A remove in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRemove {
+    /// Pool of the image.
+    pub pool: String,
+    /// Its RADOS namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Pool holding the name index.
+    pub index_pool: String,
+    /// The image's id.
+    pub image_id: String,
+    /// The volume's create token (from its index entry).
+    pub token: String,
+    /// Progress.
+    pub phase: RemovePhase,
+}
+
+/// A create or remove in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum PendingOp {
+    /// A create.
+    Create(PendingCreate),
+    /// A remove.
+    Remove(PendingRemove),
 }
 
 impl State {
@@ -73,6 +159,9 @@ impl State {
         1
     }
 }
+
+/// How long [`StateStore::lock`] waits.
+pub const STATE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The state file and its lock.
 #[derive(Debug, Clone)]
@@ -100,7 +189,25 @@ impl StateStore {
         self.dir.join("state.json")
     }
 
-    /// Takes the exclusive lock, blocking until other holders release it.
+    /// The directory holding the state file, its lock and the per-volume locks.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Locks, loads, applies `f`, saves and unlocks: one atomic read-modify-write of the
+    /// state file. Returns what `f` returns.
+    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R> {
+        let _lock = self.lock()?;
+        let mut st = self.load()?;
+        let r = f(&mut st);
+        self.save(&st)?;
+        Ok(r)
+    }
+
+    /// Takes the exclusive lock, waiting for other holders to release it (they hold it
+    /// only for one read-modify-write of the file). Gives up with
+    /// [`DriverError::Timeout`] after [`STATE_LOCK_TIMEOUT`], so a wedged holder cannot
+    /// hang every operation.
     pub fn lock(&self) -> Result<StateLock> {
         let p = self.dir.join("state.lock");
         let f = OpenOptions::new()
@@ -110,15 +217,28 @@ impl StateStore {
             .write(true)
             .open(&p)
             .map_err(|e| DriverError::io(format!("opening {}", p.display()), e))?;
-        // SAFETY: flock on a valid, open file descriptor owned by `f`.
-        let ret = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if ret != 0 {
-            return Err(DriverError::io(
-                format!("locking {}", p.display()),
-                std::io::Error::last_os_error(),
-            ));
+        let deadline = std::time::Instant::now() + STATE_LOCK_TIMEOUT;
+        loop {
+            // SAFETY: flock on a valid, open file descriptor owned by `f`.
+            let ret = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if ret == 0 {
+                return Ok(StateLock { _file: f });
+            }
+            let err = std::io::Error::last_os_error();
+            if !matches!(
+                err.raw_os_error(),
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR)
+            ) {
+                return Err(DriverError::io(format!("locking {}", p.display()), err));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(DriverError::Timeout {
+                    what: format!("waiting for the state lock {}", p.display()),
+                    secs: STATE_LOCK_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        Ok(StateLock { _file: f })
     }
 
     /// Loads the state; a missing file is an empty state.
@@ -138,6 +258,9 @@ impl StateStore {
     /// Saves atomically: write a temp file, fsync it, rename over the old one, fsync the
     /// directory. A crash leaves either the old or the new state, never a torn one.
     pub fn save(&self, state: &State) -> Result<()> {
+        let mut state = state.clone();
+        state.version = State::version();
+        let state = &state;
         write_atomic(
             &self.path(),
             &serde_json::to_vec_pretty(state).unwrap_or_default(),

@@ -1,7 +1,14 @@
 //! One module per command group.
 
+pub mod bench;
+pub mod clone;
 pub mod fence;
 pub mod image;
+pub mod lock;
+pub mod meta;
+pub mod snap;
+pub mod transfer;
+pub mod trash;
 
 use crate::Cli;
 use crate::error::CliResult;

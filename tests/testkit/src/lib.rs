@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 
+pub mod testbed;
+
 /// True when running under CI (`CI=true` or `CI=1`).
 pub fn in_ci() -> bool {
     matches!(

@@ -1,0 +1,432 @@
+//! `Driver::remove`, `Driver::resize`, `Driver::snapshot`.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rbd_core::rbd::{self, Shrink, SnapNamespace};
+use rbd_core::{Image, IoCtx, OpenOptions};
+
+use crate::error::{DriverError, Result};
+use crate::volume::attach::{join, wait_for_size};
+use crate::volume::crash::crash_point;
+use crate::volume::create::describe_watchers;
+use crate::volume::driver::Driver;
+use crate::volume::index::{EntryState, IndexEntry, now_secs};
+use crate::volume::meta::VolumeMeta;
+use crate::volume::name::validate_volume_name;
+use crate::volume::spec::validate_snapshot_name;
+use crate::volume::state::{PendingOp, PendingRemove, Phase, RemovePhase};
+
+nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
+nix::ioctl_readwrite!(fithaw, b'X', 120, libc::c_int);
+
+/// Freezes a mounted filesystem (`FIFREEZE`) until dropped (`FITHAW`).
+struct Freeze {
+    dir: File,
+    path: PathBuf,
+}
+
+impl Freeze {
+    fn new(mountpoint: &Path) -> Result<Freeze> {
+        let dir = File::open(mountpoint)
+            .map_err(|e| DriverError::io(format!("opening {}", mountpoint.display()), e))?;
+        let mut arg: libc::c_int = 0;
+        // SAFETY: FIFREEZE on an open descriptor of the filesystem's root directory; the
+        // argument is a valid, writable int the kernel ignores.
+        unsafe { fifreeze(dir.as_raw_fd(), &mut arg) }.map_err(|e| {
+            DriverError::io(
+                format!("freezing the filesystem at {}", mountpoint.display()),
+                std::io::Error::from(e),
+            )
+        })?;
+        Ok(Freeze {
+            dir,
+            path: mountpoint.to_owned(),
+        })
+    }
+}
+
+impl Drop for Freeze {
+    fn drop(&mut self) {
+        if thaw_fd(&self.dir).is_err() {
+            eprintln!(
+                "rbd-driver: could not thaw the filesystem at {}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+fn thaw_fd(dir: &File) -> nix::Result<libc::c_int> {
+    let mut arg: libc::c_int = 0;
+    // SAFETY: FITHAW on an open descriptor of a mounted filesystem's root directory; the
+    // argument is a valid, writable int the kernel ignores.
+    unsafe { fithaw(dir.as_raw_fd(), &mut arg) }
+}
+
+/// Thaws a filesystem frozen by a process that died while snapshotting. `EINVAL` (not
+/// frozen) is the normal answer and is ignored.
+pub(super) fn thaw(mountpoint: &Path) -> bool {
+    File::open(mountpoint)
+        .ok()
+        .is_some_and(|d| thaw_fd(&d).is_ok())
+}
+
+impl Driver {
+    /// Removes a volume: its image (with its metadata) and its index entry.
+    ///
+    /// Refused with [`DriverError::InUse`] while it is attached on this node (naming the
+    /// node, mountpoint and mount IDs), while any other client has the image open (naming
+    /// each client and its address: another node, or a process on this one), and while it
+    /// has snapshots. With `force`, this node's attachment is detached first and unused
+    /// snapshots are removed (unprotected if needed); clients elsewhere are never forced
+    /// away (fence them first), and snapshots with clones are never removed.
+    ///
+    /// The removal is recorded before its first change, so a crash is finished by
+    /// recovery.
+    pub fn remove(&self, name: &str, force: bool) -> Result<()> {
+        validate_volume_name(name)?;
+        let _lock = self.lock(name)?;
+        let mut rep = Default::default();
+        self.recover_name(name, &mut rep)?;
+        let st = self.load_state()?;
+        if let Some(v) = st.volumes.get(name).cloned() {
+            if !force {
+                return Err(DriverError::InUse {
+                    volume: name.into(),
+                    detail: format!(
+                        "attached on node {} at {} by mount IDs {}",
+                        self.cfg.node_id,
+                        v.mountpoint.display(),
+                        if v.mount_ids.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            join(&v.mount_ids)
+                        }
+                    ),
+                });
+            }
+            self.teardown(name, &v)?;
+            self.remove_volume_entry(name)?;
+        }
+        let Some(se) = self.index.get(name)? else {
+            return Err(DriverError::NoSuchVolume(name.into()));
+        };
+        let e = se.entry.clone();
+        let age = Duration::from_secs(now_secs().saturating_sub(e.created_at.max(e.updated_at)));
+        match e.state {
+            EntryState::Ready => {}
+            EntryState::Creating if age >= self.cfg.stale_after => {
+                self.remove_abandoned_image(name, &e)?;
+                self.index.remove_if(name, &se.raw)?;
+                return Ok(());
+            }
+            EntryState::Creating => {
+                return Err(DriverError::InUse {
+                    volume: name.into(),
+                    detail: format!("it is being created on node {}", e.node),
+                });
+            }
+            EntryState::Removing if e.node != self.cfg.node_id && age < self.cfg.stale_after => {
+                return Err(DriverError::InUse {
+                    volume: name.into(),
+                    detail: format!("it is being removed on node {}", e.node),
+                });
+            }
+            EntryState::Removing => {}
+        }
+        let io = self.io(&e.pool, &e.namespace)?;
+        let img = match Image::open_by_id(&io, &e.image_id, &OpenOptions::new().read_only(true)) {
+            Ok(i) => i,
+            Err(err) if err.kind() == rbd_core::ErrorKind::NotFound => {
+                // The image is already gone: only the entry is left.
+                self.index.remove_if(name, &se.raw)?;
+                return Ok(());
+            }
+            Err(err) => return Err(DriverError::ceph(format!("opening volume {name}"), err)),
+        };
+        let w = self.foreign_watchers(&img)?;
+        if !w.is_empty() {
+            return Err(DriverError::InUse {
+                volume: name.into(),
+                detail: format!(
+                    "its image is open by {} (attached on another node, or mapped by another \
+                     process on this one); detach it there, or fence that client{}",
+                    describe_watchers(&w),
+                    if force {
+                        " (force does not fence other clients)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        let snaps: Vec<String> = img
+            .snap_list()
+            .map_err(|err| DriverError::ceph(format!("listing the snapshots of {name}"), err))?
+            .into_iter()
+            .filter(|s| s.namespace == SnapNamespace::User)
+            .map(|s| s.name)
+            .collect();
+        let meta = VolumeMeta::read(&img)?;
+        drop(img);
+        if !snaps.is_empty() {
+            if !force {
+                return Err(DriverError::InUse {
+                    volume: name.into(),
+                    detail: format!(
+                        "it has snapshots ({}); remove them first, or remove with force",
+                        snaps.join(", ")
+                    ),
+                });
+            }
+            self.purge_snapshots(name, &io, &e.image)?;
+        }
+
+        let mut pending = PendingRemove {
+            pool: e.pool.clone(),
+            namespace: e.namespace.clone(),
+            index_pool: self.cfg.defaults.pool.clone(),
+            image_id: e.image_id.clone(),
+            token: e.token.clone(),
+            phase: RemovePhase::Marking,
+        };
+        self.save_remove(name, &pending)?;
+        crash_point("remove:marking");
+        let marked = IndexEntry {
+            state: EntryState::Removing,
+            node: self.cfg.node_id.clone(),
+            updated_at: now_secs(),
+            ..e.clone()
+        };
+        if e.state != EntryState::Removing && !self.index.replace(name, &se.raw, &marked)? {
+            self.drop_pending(name)?;
+            return Err(DriverError::InUse {
+                volume: name.into(),
+                detail: "its index entry changed while removing it (another node is using it); \
+                         try again"
+                    .into(),
+            });
+        }
+        let marked_raw = if e.state == EntryState::Removing {
+            se.raw.clone()
+        } else {
+            marked.encode()
+        };
+        crash_point("remove:marked");
+        pending.phase = RemovePhase::RemovingImage;
+        self.save_remove(name, &pending)?;
+        if let Err(err) = remove_image(&io, &e.image) {
+            // Nothing is removed: put the entry back as it was.
+            let _ = self.index.replace(name, &marked_raw, &e);
+            self.drop_pending(name)?;
+            return Err(err);
+        }
+        crash_point("remove:image-removed");
+        if meta.protected_parent
+            && let Some(src) = &meta.source
+        {
+            let _ = self.unprotect_if_unused(src);
+        }
+        pending.phase = RemovePhase::RemovingIndex;
+        self.save_remove(name, &pending)?;
+        self.index.remove_if(name, &marked_raw)?;
+        crash_point("remove:index-removed");
+        self.drop_pending(name)?;
+        Ok(())
+    }
+
+    fn save_remove(&self, name: &str, p: &PendingRemove) -> Result<()> {
+        self.store.update(|st| {
+            st.pending.insert(name.into(), PendingOp::Remove(p.clone()));
+        })
+    }
+
+    /// Finishes a remove that crashed (recovery rolls removes forward). Returns what it
+    /// did.
+    pub(super) fn finish_remove(&self, name: &str, p: &PendingRemove) -> Result<Vec<String>> {
+        let mut did = Vec::new();
+        let io = self.io(&p.pool, &p.namespace)?;
+        match Image::open_by_id(&io, &p.image_id, &OpenOptions::new().read_only(true)) {
+            Ok(img) => {
+                let meta = VolumeMeta::read(&img)?;
+                let w = self.foreign_watchers(&img)?;
+                if !w.is_empty() {
+                    return Err(DriverError::InUse {
+                        volume: name.into(),
+                        detail: format!(
+                            "cannot finish its removal: open by {}",
+                            describe_watchers(&w)
+                        ),
+                    });
+                }
+                let image_name = img
+                    .name()
+                    .map_err(|e| DriverError::ceph(format!("reading the name of {name}"), e))?;
+                drop(img);
+                remove_image(&io, &image_name)?;
+                did.push(format!("removed image {image_name} (id {})", p.image_id));
+                if meta.protected_parent
+                    && let Some(src) = &meta.source
+                    && self.unprotect_if_unused(src).unwrap_or(false)
+                {
+                    did.push(format!("unprotected {src}"));
+                }
+            }
+            Err(e) if e.kind() == rbd_core::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::ceph(format!("opening volume {name}"), e)),
+        }
+        if let Some(e) = self.index.get(name)?
+            && e.entry.token == p.token
+            && self.index.remove_if(name, &e.raw)?
+        {
+            did.push("removed the index entry".into());
+        }
+        self.drop_pending(name)?;
+        Ok(did)
+    }
+
+    /// Removes every user snapshot of an image (unprotecting protected ones), after
+    /// checking that none has clones.
+    pub(super) fn purge_snapshots(&self, name: &str, io: &IoCtx, image: &str) -> Result<()> {
+        let head = Image::open(io, image, &OpenOptions::new())
+            .map_err(|e| DriverError::ceph(format!("opening volume {name}"), e))?;
+        let snaps: Vec<String> = head
+            .snap_list()
+            .map_err(|e| DriverError::ceph(format!("listing the snapshots of {name}"), e))?
+            .into_iter()
+            .filter(|s| s.namespace == SnapNamespace::User)
+            .map(|s| s.name)
+            .collect();
+        let mut protected = Vec::new();
+        for s in &snaps {
+            let at = Image::open(io, image, &OpenOptions::new().snapshot(s.clone()))
+                .map_err(|e| DriverError::ceph(format!("opening {name}@{s}"), e))?;
+            let children = at
+                .list_children()
+                .map_err(|e| DriverError::ceph(format!("listing the clones of {name}@{s}"), e))?;
+            if !children.is_empty() {
+                return Err(DriverError::InUse {
+                    volume: name.into(),
+                    detail: format!(
+                        "its snapshot {s} has clones ({}); remove or flatten them first",
+                        children
+                            .iter()
+                            .map(|c| crate::mapper::image_spec(
+                                &c.pool_name,
+                                &c.pool_namespace,
+                                &c.image_name,
+                                None
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            if head.snap_is_protected(s).unwrap_or(false) {
+                protected.push(s.clone());
+            }
+        }
+        for s in &snaps {
+            if protected.contains(s) {
+                head.snap_unprotect(s)
+                    .map_err(|e| DriverError::ceph(format!("unprotecting {name}@{s}"), e))?;
+            }
+            head.snap_remove(s)
+                .map_err(|e| DriverError::ceph(format!("removing snapshot {name}@{s}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Grows a volume to `new_size` bytes: the image, then, when it is mounted read-write
+    /// on this node, the filesystem online (after the mapped device shows the new size).
+    /// A volume mounted elsewhere or not at all gets its filesystem grown at its next
+    /// read-write attach. Shrinking is refused.
+    pub fn resize(&self, name: &str, new_size: u64) -> Result<()> {
+        validate_volume_name(name)?;
+        crate::volume::spec::parse_volume_size(&format!("{new_size}B"))?;
+        let _lock = self.lock(name)?;
+        let loc = self.locate(name)?;
+        let img = self.open(name, &loc, false)?;
+        let cur = img
+            .size()
+            .map_err(|e| DriverError::ceph(format!("reading the size of {name}"), e))?;
+        if new_size < cur {
+            return Err(DriverError::invalid(
+                "size",
+                new_size.to_string(),
+                format!("volume {name} is {cur} bytes; shrinking is not supported"),
+            ));
+        }
+        if new_size > cur {
+            img.resize(new_size, Shrink::Forbid)
+                .map_err(|e| DriverError::ceph(format!("resizing volume {name}"), e))?;
+        }
+        let meta = VolumeMeta::read(&img)?;
+        drop(img);
+        let st = self.load_state()?;
+        if let Some(v) = st.volumes.get(name)
+            && v.phase == Phase::Mounted
+            && !v.read_only
+            && let Some(dev) = &v.device
+        {
+            wait_for_size(dev, new_size, self.cfg.resize_wait)?;
+            let fs = match meta.formatted {
+                Some(f) => f,
+                None => match fs_format::probe(dev) {
+                    Ok(fs_format::Probe::Filesystem(i)) => i.kind.fs_type(),
+                    _ => return Ok(()),
+                },
+            };
+            fs_format::grow(&v.mountpoint, fs, &fs_format::GrowOptions::default()).map_err(|e| {
+                DriverError::fs(
+                    format!(
+                        "volume {name} was resized to {new_size} bytes, but growing its mounted                          {fs} filesystem failed (online ext4 resizes need CAP_SYS_RESOURCE);                          it is grown at its next read-write attach"
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot of a volume. When it is mounted read-write on this node, the
+    /// filesystem is frozen (`FIFREEZE`) for the moment of the snapshot, so the snapshot
+    /// is consistent.
+    pub fn snapshot(&self, name: &str, snap: &str) -> Result<()> {
+        validate_volume_name(name)?;
+        validate_snapshot_name(snap)?;
+        let _lock = self.lock(name)?;
+        let loc = self.locate(name)?;
+        let img = self.open(name, &loc, false)?;
+        if img
+            .snap_exists(snap)
+            .map_err(|e| DriverError::ceph(format!("checking snapshots of {name}"), e))?
+        {
+            return Err(DriverError::invalid(
+                "snapshot name",
+                snap,
+                format!("volume {name} already has a snapshot of that name"),
+            ));
+        }
+        let st = self.load_state()?;
+        let _freeze = match st.volumes.get(name) {
+            Some(v) if v.phase == Phase::Mounted && !v.read_only => {
+                Some(Freeze::new(&v.mountpoint)?)
+            }
+            _ => None,
+        };
+        img.snap_create(snap)
+            .map_err(|e| DriverError::ceph(format!("creating snapshot {name}@{snap}"), e))
+    }
+}
+
+fn remove_image(io: &IoCtx, image: &str) -> Result<()> {
+    match rbd::remove(io, image) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == rbd_core::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DriverError::ceph(format!("removing image {image}"), e)),
+    }
+}
