@@ -58,8 +58,9 @@ pub(crate) type IoFuture<T> = Pin<Box<dyn Future<Output = Result<T, IoError>> + 
 pub(crate) trait BlockBackend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset` (short only at the end of the device).
     fn read(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>>;
-    /// Writes `data` at `offset`; returns the bytes written.
-    fn write(&self, offset: u64, data: Vec<u8>) -> IoFuture<usize>;
+    /// Writes `data` at `offset` (copied before this returns); returns the bytes
+    /// written.
+    fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize>;
     /// Deallocates a range (reads return zeroes afterwards).
     fn discard(&self, offset: u64, len: u64) -> IoFuture<()>;
     /// Zeroes a range.
@@ -575,7 +576,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
             return reply.error(Errno::ENOSPC);
         };
         self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-        let io = self.backend.write(offset, data[..len as usize].to_vec());
+        let io = self.backend.write(offset, &data[..len as usize]);
         let shared = self.shared.clone();
         self.shared.submit(io, move |r| match r {
             Ok(n) => {
@@ -749,7 +750,8 @@ mod tests {
                 Ok(buf)
             })
         }
-        fn write(&self, offset: u64, data: Vec<u8>) -> IoFuture<usize> {
+        fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize> {
+            let data = data.to_vec();
             self.run(move |f| f.write_all_at(&data, offset).map(|()| data.len()))
         }
         fn discard(&self, offset: u64, len: u64) -> IoFuture<()> {

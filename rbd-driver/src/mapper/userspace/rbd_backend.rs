@@ -11,8 +11,9 @@ use rbd_core::{ErrorKind, Image};
 
 use super::fusefs::{BlockBackend, IoError, IoFuture};
 
-/// Read buffers kept for reuse, per size class (powers of two from 4 KiB to 1 MiB):
-/// allocating and zeroing a fresh megabyte per read costs more than the copy itself.
+/// I/O buffers kept for reuse, per size class (powers of two from 4 KiB to 1 MiB):
+/// allocating (and, for reads, zeroing) a fresh megabyte per request costs more than the
+/// copy itself.
 #[derive(Debug, Default)]
 struct BufPool {
     classes: [Mutex<Vec<Vec<u8>>>; POOL_CLASSES],
@@ -27,6 +28,20 @@ impl BufPool {
     fn class(len: usize) -> Option<usize> {
         let c = len.max(4096).next_power_of_two().trailing_zeros() as usize - 12;
         (c < POOL_CLASSES).then_some(c)
+    }
+
+    /// An empty buffer with room for `len` bytes.
+    fn get_empty(&self, len: usize) -> Vec<u8> {
+        if let Some(c) = Self::class(len) {
+            let popped = self.classes[c]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let mut b = popped.unwrap_or_else(|| Vec::with_capacity(4096 << c));
+            b.clear();
+            return b;
+        }
+        Vec::with_capacity(len)
     }
 
     /// A buffer of exactly `len` bytes (contents unspecified: librbd overwrites them).
@@ -63,14 +78,14 @@ impl BufPool {
 #[derive(Debug)]
 pub(crate) struct RbdBackend {
     image: RwLock<Option<Arc<Image>>>,
-    pool: BufPool,
+    pool: Arc<BufPool>,
 }
 
 impl RbdBackend {
     pub(crate) fn new(image: Arc<Image>) -> Self {
         Self {
             image: RwLock::new(Some(image)),
-            pool: BufPool::default(),
+            pool: Arc::new(BufPool::default()),
         }
     }
 
@@ -115,8 +130,17 @@ impl BlockBackend for RbdBackend {
         let buf = self.pool.get(len);
         self.with(|i| i.aio_read(offset, buf))
     }
-    fn write(&self, offset: u64, data: Vec<u8>) -> IoFuture<usize> {
-        self.with(|i| i.aio_write(offset, data))
+    fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize> {
+        let mut buf = self.pool.get_empty(data.len());
+        buf.extend_from_slice(data);
+        let n = data.len();
+        let pool = self.pool.clone();
+        let io = self.with(|i| i.aio_write_buf(offset, buf));
+        Box::pin(async move {
+            let buf = io.await?;
+            pool.put(buf);
+            Ok(n)
+        })
     }
     fn discard(&self, offset: u64, len: u64) -> IoFuture<()> {
         self.with(|i| i.aio_discard(offset, len))
@@ -152,6 +176,9 @@ mod tests {
         assert_eq!(b.len(), 700 * 1024);
         assert_eq!(b.as_ptr(), ptr, "the same buffer, reused");
         p.put(b);
+        let w = p.get_empty(4096);
+        assert!(w.is_empty() && w.capacity() >= 4096);
+        p.put(w);
         let b = p.get(3 << 20);
         assert_eq!(b.len(), 3 << 20);
         p.put(b); // too big for the pool: just dropped
