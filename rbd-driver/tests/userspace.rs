@@ -1003,3 +1003,29 @@ fn a_run_dir_behind_a_symlink_works() {
     assert!(mapper.list().unwrap().is_empty());
     assert!(mapper.entries().unwrap().is_empty());
 }
+
+#[test]
+fn sigterm_right_after_the_map_still_unmaps_cleanly() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-term", 16 * MIB);
+    for _ in 0..3 {
+        let m = fx.map(&img);
+        let token = fx.token_of(&m);
+        let pid = m.pid.unwrap();
+        // At once: the mapper may still be finishing its post-readiness tuning.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(wait_until(Duration::from_secs(20), || !proc_alive(pid)));
+        let report: record::ExitReport =
+            serde_json::from_slice(&std::fs::read(fx.paths(&token).exit()).unwrap()).unwrap();
+        assert_eq!(report.code, exit::OK, "{report:?}");
+        assert_eq!(report.reason, "unmap");
+        fx.assert_gone(&m, &token);
+        assert!(watchers(&fx.conf, &img.name).is_empty());
+        let _ = std::fs::remove_file(fx.paths(&token).exit());
+        let _ = std::fs::remove_file(fx.paths(&token).log());
+    }
+}

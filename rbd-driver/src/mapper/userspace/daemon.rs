@@ -146,6 +146,28 @@ impl Stop {
     }
 }
 
+/// The signals the mapper obeys, registered before anything is set up: one that arrives
+/// during the map is kept for the main loop, instead of killing the process half-made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers; needs the runtime's context.
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// What has been set up so far; torn down in reverse.
 struct Mapper {
     paths: Paths,
@@ -209,6 +231,18 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
                 error: format!("starting the I/O runtime: {e}"),
             });
             return exit::MAP_FAILED;
+        }
+    };
+    let signals = {
+        let _in_rt = rt.enter();
+        match Signals::register() {
+            Ok(s) => s,
+            Err(e) => {
+                report(&Readiness::Failed {
+                    error: format!("installing signal handlers: {e}"),
+                });
+                return exit::MAP_FAILED;
+            }
         }
     };
     let io_timeout = req
@@ -285,7 +319,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
                 .clamp(Duration::from_secs(1), DEFAULT_CHECK_INTERVAL)
         })
         .max(Duration::from_millis(100));
-    let stop = rt.block_on(m.run(interval, forced.clone()));
+    let stop = rt.block_on(m.run(interval, signals, forced.clone()));
     log!("stopping: {}", stop.describe());
     let errors = m.teardown(&stop, &forced);
     for e in &errors {
@@ -498,17 +532,14 @@ impl Mapper {
     }
 
     /// Serves until something says stop.
-    async fn run(&mut self, interval: Duration, forced: Arc<AtomicBool>) -> Stop {
-        use tokio::signal::unix::{SignalKind, signal};
+    async fn run(&mut self, interval: Duration, signals: Signals, forced: Arc<AtomicBool>) -> Stop {
         let shared = self.shared.clone().expect("set up");
-        let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::user_defined1()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return Stop::Lost("cannot install signal handlers".into());
-        };
+        let Signals {
+            mut term,
+            mut int,
+            mut usr1,
+            mut hup,
+        } = signals;
         // Signals go to a task of their own that lives until the process exits, so a
         // SIGUSR1 during a graceful teardown still turns it into a forced one.
         let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
