@@ -13,8 +13,12 @@ PKGS=(
   e2fsprogs xfsprogs btrfs-progs fuse3 util-linux mount gdisk fdisk
   # Docker engine for the end-to-end tests, and the busybox test image.
   docker.io containerd runc busybox-static
+  # Compose v1 (Debian's), for the plugin's compose end-to-end test.
+  docker-compose
   # Misc tools used by scripts, tests and benches.
   fio iproute2 iptables jq procps psmisc kmod uuid-runtime ca-certificates
+  # systemd-socket-activate, for the plugin's socket-activation test.
+  systemd
   # C toolchain bits for linking librados/librbd.
   gcc libc6-dev pkg-config
 )

@@ -90,10 +90,14 @@ fn cluster(c: &mut Criterion) {
     };
     let img = Image::open(&cl.io, &cl.image, &OpenOptions::new()).expect("open bench image");
     img.write_at(0, &vec![0x11; 1 << 20]).expect("prefill");
+    // No I/O driver: a parked runtime is woken with a futex, not an eventfd write.
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
         .build()
         .expect("tokio runtime");
+
+    let mut g = c.benchmark_group("image");
+    g.bench_function("size", |b| b.iter(|| img.size().expect("size")));
+    g.finish();
 
     let mut g = c.benchmark_group("image_4k");
     g.throughput(Throughput::Elements(1));
@@ -112,6 +116,24 @@ fn cluster(c: &mut Criterion) {
         b.iter(|| {
             let data = buf.take().unwrap_or_else(|| vec![0; 4096]);
             buf = Some(rt.block_on(img.aio_read(4096, data)).expect("aio read"));
+        })
+    });
+    let rt_io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    g.bench_function("aio_read_roundtrip_tokio_io_driver", |b| {
+        let mut buf = Some(vec![0u8; 4096]);
+        b.iter(|| {
+            let data = buf.take().unwrap_or_else(|| vec![0; 4096]);
+            buf = Some(rt_io.block_on(img.aio_read(4096, data)).expect("aio read"));
+        })
+    });
+    g.bench_function("aio_read_wait", |b| {
+        let mut buf = Some(vec![0u8; 4096]);
+        b.iter(|| {
+            let data = buf.take().unwrap_or_else(|| vec![0; 4096]);
+            buf = Some(img.aio_read(4096, data).wait().expect("aio read"));
         })
     });
     g.bench_function("sync_read", |b| {

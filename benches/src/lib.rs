@@ -244,14 +244,16 @@ pub async fn run_ours(
     Ok(Measurement::from_ops(total_ops, w.io_size, start.elapsed()))
 }
 
-/// Runs `rbd bench` for `w` on `spec` (`pool/image`) with `threads` in flight, under a
-/// `timeout` of `limit`, and reads its own final `ops/sec` (timed by rbd from after the
-/// image is open to after its final flush, like [`run_ours`]).
+/// Runs `rbd bench` for `w` on `spec` (`pool/image`) with `threads` in flight and `extra`
+/// arguments (e.g. `--rbd-cache=false`), under a `timeout` of `limit`, and reads its own
+/// final `ops/sec` (timed by rbd from after the image is open to after its final flush,
+/// like [`run_ours`]).
 pub fn run_rbd_bench(
     conf: &Path,
     spec: &str,
     w: &Workload,
     threads: usize,
+    extra: &[String],
     limit: Duration,
 ) -> anyhow::Result<Measurement> {
     let out = Command::new("timeout")
@@ -259,6 +261,7 @@ pub fn run_rbd_bench(
         .arg("rbd")
         .arg("-c")
         .arg(conf)
+        .args(extra)
         .args(w.rbd_bench_args(threads))
         .arg(spec)
         .output()

@@ -1,10 +1,108 @@
-//! `docker-volume-rbd`: a Docker volume plugin serving Ceph RBD volumes.
+//! `docker-volume-rbd`: the Docker volume plugin for Ceph RBD volumes.
 //!
-//! This crate owns Docker's volume plugin protocol (`/VolumeDriver.*` over a unix socket),
-//! the option parsing for `docker volume create -o ...`, and the packaging as a managed
-//! plugin and as a legacy socket service. The volume logic itself lives in `rbd-driver`.
+//! Serves Docker's volume plugin protocol on a unix socket (default
+//! `/run/docker/plugins/rbd.sock`, so volumes use `-d rbd`). Configuration comes from a
+//! config file, the environment and these flags; see the library's `config` module.
 
-fn main() {
-    eprintln!("docker-volume-rbd: the volume plugin is not implemented yet (issue 6)");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use docker_volume_rbd::app;
+use docker_volume_rbd::backend::VolumeBackend;
+use docker_volume_rbd::config::{ENV_VARS, Overrides, PluginConfig};
+use docker_volume_rbd::error::chain;
+use docker_volume_rbd::rbd::{RbdBackend, driver_config};
+
+fn env_help() -> String {
+    let mut s = String::from(
+        "Configuration: built-in defaults, then the config file (TOML, or JSON if it ends in \
+         .json; default /etc/rbd-volumes/plugin.toml), then these environment variables, \
+         then the flags above. Empty variables count as unset.\n\n",
+    );
+    for (k, what) in ENV_VARS {
+        s.push_str(&format!("  {k:<20} {what}\n"));
+    }
+    s.push_str(
+        "\nSignals: SIGTERM or SIGINT stop the plugin cleanly (the socket is removed). \
+         Exit codes: 0 after a clean stop, 1 on a start-up error (bad configuration, socket \
+         in use).",
+    );
+    s
+}
+
+/// Docker volume plugin for Ceph RBD volumes.
+#[derive(Parser, Debug)]
+#[command(name = "docker-volume-rbd", version, about, after_help = env_help())]
+struct Cli {
+    /// Config file (also RBD_PLUGIN_CONFIG).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Socket to serve on (also RBD_PLUGIN_SOCKET).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Log filter, e.g. info, debug, docker_volume_rbd=debug (also RBD_LOG).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// Check the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        config: cli.config,
+        socket: cli.socket,
+        log: cli.log,
+    };
+    let cfg = match PluginConfig::load(&overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("docker-volume-rbd: {}", chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = init_logging(&cfg.log) {
+        eprintln!(
+            "docker-volume-rbd: invalid log filter {:?} (--log / RBD_LOG / log): {e}",
+            cfg.log
+        );
+        return ExitCode::from(1);
+    }
+    let dcfg = match driver_config(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("docker-volume-rbd: {}", chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    if cli.check_config {
+        use std::io::Write;
+        // A closed pipe (`| head`) is not an error here.
+        let _ = writeln!(std::io::stdout(), "{cfg:#?}\n{:#?}", dcfg.defaults);
+        return ExitCode::SUCCESS;
+    }
+    let factory: app::BackendFactory = Box::new(move |_cfg: &PluginConfig| {
+        RbdBackend::connect(dcfg.clone()).map(|b| Arc::new(b) as Arc<dyn VolumeBackend>)
+    });
+    match app::run(cfg, factory) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("docker-volume-rbd: {}", chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(filter: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
 }

@@ -244,10 +244,16 @@ impl Rados {
     /// Connects to the cluster: `rados_create2`, `rados_conf_read_file`,
     /// `rados_conf_parse_env`, `rados_conf_set`, then `rados_connect`.
     ///
-    /// Besides the [`Timeouts`], it sets `rbd_cache = false`: librbd's default
-    /// write-around cache acknowledges writes early and can lose their errors (a fenced
-    /// client's writes and flushes then all "succeed"), so every write reports its own
-    /// outcome instead. [`ConnectOptions::option`] can turn it back on.
+    /// Besides the [`Timeouts`], it sets two librbd options ([`ConnectOptions::option`]
+    /// overrides them):
+    ///
+    /// * `rbd_cache = false`: librbd's default write-around cache acknowledges writes
+    ///   early and can lose their errors (a fenced client's writes and flushes then all
+    ///   "succeed"); without it every write reports its own outcome.
+    /// * `rbd_disable_zero_copy_writes = true` (librbd's default, enforced): with zero-copy
+    ///   aio writes, librbd 16.2 never completes a write that fails early (through a
+    ///   read-only handle, or once the client is blocklisted), so the caller would hang.
+    ///   An explicit option turning it off is refused with `InvalidInput`.
     ///
     /// Checks the librados/librbd versions first and refuses anything older than Ceph 16.2.
     pub fn connect(opts: &ConnectOptions) -> Result<Rados> {
@@ -339,6 +345,10 @@ impl Rados {
         // would then vanish while every call, fsync included, succeeds. Without the cache
         // each write completes when the OSD has it, and fails when it does not.
         rados.conf_set("rbd_cache", "false")?;
+        // librbd copies every aio write; its zero-copy mode would save that copy, but in
+        // 16.2 an aio write that fails early (read-only handle, fenced client) then never
+        // completes: the caller would hang forever. Keep the copy (and refuse the option).
+        rados.conf_set("rbd_disable_zero_copy_writes", "true")?;
         for (k, v) in &opts.options {
             rados.conf_set(k, v)?;
         }
@@ -362,7 +372,10 @@ impl Rados {
     /// Sets a configuration option (`rados_conf_set`).
     ///
     /// Options that only matter at connect time have no effect afterwards.
+    /// Refuses (`InvalidInput`) settings that would make librbd calls hang instead of
+    /// failing (`rbd_disable_zero_copy_writes = false`, see [`Rados::connect`]).
     pub fn conf_set(&self, key: &str, value: &str) -> Result<()> {
+        refuse_hanging_option(key, value)?;
         let k = cstring("config option", key)?;
         let v = cstring("config value", value)?;
         // SAFETY: valid handle and C strings that outlive the call.
@@ -500,6 +513,26 @@ impl Rados {
     }
 }
 
+/// Refuses configuration that makes librbd calls hang instead of failing: zero-copy aio
+/// writes (`rbd_disable_zero_copy_writes = false`), whose early failures never complete in
+/// librbd 16.2 (verified: a write through a read-only handle, or by a blocklisted client).
+fn refuse_hanging_option(key: &str, value: &str) -> Result<()> {
+    let k = key.trim().replace(['-', ' '], "_");
+    let off = matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "false" | "0" | "no" | "off"
+    );
+    if k == "rbd_disable_zero_copy_writes" && off {
+        return Err(Error::invalid(
+            "config option",
+            format!("{key}={value}"),
+            "zero-copy aio writes never complete when they fail early in librbd 16.2 \
+             (read-only handle, blocklisted client), so rbd-core keeps librbd's copy",
+        ));
+    }
+    Ok(())
+}
+
 /// Extracts `--id X`, `--id=X`, `-i X`, `--name N`, `-n N` from a `CEPH_ARGS` string.
 fn name_from_args(args: &str) -> Option<String> {
     let words: Vec<&str> = args.split_whitespace().collect();
@@ -560,6 +593,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hanging_options_are_refused() {
+        let e = refuse_hanging_option("rbd disable zero copy writes", "False").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("never complete"), "{e}");
+        assert!(refuse_hanging_option("rbd-disable-zero-copy-writes", "0").is_err());
+        assert!(refuse_hanging_option("rbd_disable_zero_copy_writes", "true").is_ok());
+        assert!(refuse_hanging_option("rbd_cache", "false").is_ok());
+    }
 
     #[test]
     fn name_from_ceph_args() {

@@ -74,6 +74,11 @@ fn connect_with_explicit_options() {
     // librbd's write-around cache is off by default (it can lose write errors), and
     // explicit options win over our defaults.
     assert_eq!(rados.conf_get("rbd_cache").unwrap(), "false");
+    // Zero-copy aio writes stay off: librbd never completes those that fail early.
+    assert_eq!(
+        rados.conf_get("rbd_disable_zero_copy_writes").unwrap(),
+        "true"
+    );
 
     // Keyring path instead of key, and a wrong key is refused (not hung).
     let rados = Rados::connect(
@@ -165,6 +170,14 @@ fn connect_default_conf_set_and_osdmap() {
     assert_eq!(rados.timeouts(), rbd_core::Timeouts::default());
     rados.conf_set("rbd_default_features", "1").unwrap();
     assert_eq!(rados.conf_get("rbd_default_features").unwrap(), "1");
+    // Options that would make aio hang are refused at connect, naming the option.
+    let e = Rados::connect(&ConnectOptions::new().option("rbd_disable_zero_copy_writes", "false"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.to_string().contains("rbd_disable_zero_copy_writes"),
+        "{e}"
+    );
     let e = rados.conf_set("no_such_option_xyz", "1").unwrap_err();
     assert!(e.to_string().contains("no_such_option_xyz"), "{e}");
     rados.wait_for_latest_osdmap().unwrap();

@@ -97,14 +97,7 @@ impl CliError {
         use rbd_core::ErrorKind as K;
         let kind = match self {
             CliError::Ceph(e) | CliError::CephContext { source: e, .. } => Some(e.kind()),
-            CliError::Driver(e) => match e {
-                rbd_driver::DriverError::InvalidInput { .. } => return exit::USAGE,
-                rbd_driver::DriverError::NoSuchVolume(_) => return exit::NOT_FOUND,
-                rbd_driver::DriverError::VolumeExists(_) => return exit::EXISTS,
-                rbd_driver::DriverError::InUse { .. } => return exit::BUSY,
-                rbd_driver::DriverError::Timeout { .. } => return exit::UNAVAILABLE,
-                _ => e.ceph_kind(),
-            },
+            CliError::Driver(e) => return driver_exit_code(e),
             CliError::Io { source, .. } => {
                 return match source.kind() {
                     std::io::ErrorKind::NotFound => exit::NOT_FOUND,
@@ -128,6 +121,60 @@ impl CliError {
             Some(K::InvalidInput) => exit::USAGE,
             _ => exit::FAILURE,
         }
+    }
+}
+
+/// The documented exit code for a driver error: invalid input 2, no such volume 3,
+/// exists 4, in use (mount IDs, another node's claim, a mounted or open device) 5,
+/// cluster unavailable (timed out, blocklisted, not connected) 6.
+pub fn driver_exit_code(e: &rbd_driver::DriverError) -> i32 {
+    use rbd_core::ErrorKind as K;
+    use rbd_driver::DriverError as D;
+    match e {
+        D::InvalidInput { .. } => exit::USAGE,
+        D::NoSuchVolume(_) => exit::NOT_FOUND,
+        D::VolumeExists(_) => exit::EXISTS,
+        D::InUse { .. } | D::Held { .. } => exit::BUSY,
+        D::Timeout { .. } => exit::UNAVAILABLE,
+        D::CleanupFailed { source, .. } => driver_exit_code(source),
+        D::Fs { source, .. } => fs_exit_code(source),
+        D::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+            std::io::ErrorKind::PermissionDenied => exit::PERMISSION,
+            _ => exit::FAILURE,
+        },
+        D::Ceph { source, .. } => match source.kind() {
+            K::NotFound => exit::NOT_FOUND,
+            K::Exists => exit::EXISTS,
+            K::Busy | K::HasSnapshots => exit::BUSY,
+            K::Timeout | K::Blocklisted | K::NotConnected => exit::UNAVAILABLE,
+            K::PermissionDenied => exit::PERMISSION,
+            K::InvalidInput => exit::USAGE,
+            _ => exit::FAILURE,
+        },
+        _ => exit::FAILURE,
+    }
+}
+
+/// The exit code for a filesystem error: bad options 2, not mounted 3, busy or mounted
+/// elsewhere 5.
+fn fs_exit_code(e: &fs_format::Error) -> i32 {
+    use fs_format::Error as F;
+    match e {
+        F::UnsupportedFsType(_)
+        | F::InvalidMkfsOption { .. }
+        | F::InvalidMountOption { .. }
+        | F::FsTypeMismatch { .. }
+        | F::NotBlank { .. } => exit::USAGE,
+        F::NotMounted { .. } => exit::NOT_FOUND,
+        F::DeviceMounted { .. } | F::DeviceBusy { .. } | F::AlreadyMounted { .. } => exit::BUSY,
+        F::Unmount { source, .. } | F::Mount { source, .. }
+            if *source == nix::errno::Errno::EBUSY =>
+        {
+            exit::BUSY
+        }
+        F::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+        _ => exit::FAILURE,
     }
 }
 
@@ -170,6 +217,73 @@ mod tests {
         let e = r.context(|| "opening x".into()).unwrap_err();
         assert_eq!(e.exit_code(), exit::NOT_FOUND);
         assert_eq!(e.to_string(), "opening x");
+    }
+
+    #[test]
+    fn driver_errors_map_to_documented_codes() {
+        use rbd_driver::DriverError as D;
+        let d = |e: D| CliError::Driver(e).exit_code();
+        assert_eq!(d(D::invalid("size", "2Q", "bad")), exit::USAGE);
+        assert_eq!(d(D::NoSuchVolume("v".into())), exit::NOT_FOUND);
+        assert_eq!(d(D::VolumeExists("v".into())), exit::EXISTS);
+        let in_use = || D::InUse {
+            volume: "v".into(),
+            detail: "mount IDs a".into(),
+        };
+        assert_eq!(d(in_use()), exit::BUSY);
+        assert_eq!(
+            d(D::Held {
+                image: "rbd/v".into(),
+                node: "n2".into(),
+                mode: "rw".into(),
+                mount_ids: vec![],
+            }),
+            exit::BUSY
+        );
+        assert_eq!(
+            d(D::Timeout {
+                what: "x".into(),
+                secs: 1
+            }),
+            exit::UNAVAILABLE
+        );
+        let ceph = |errno| {
+            D::ceph(
+                "x",
+                Error::from_errno("rados_connect", errno, Context::none()),
+            )
+        };
+        assert_eq!(d(ceph(libc::ETIMEDOUT)), exit::UNAVAILABLE);
+        assert_eq!(d(ceph(libc::ESHUTDOWN)), exit::UNAVAILABLE);
+        assert_eq!(d(ceph(libc::ENOENT)), exit::NOT_FOUND);
+        assert_eq!(
+            d(D::CleanupFailed {
+                op: "attaching".into(),
+                cleanup: "unmap failed".into(),
+                source: Box::new(in_use()),
+            }),
+            exit::BUSY
+        );
+        let fs = |e| D::fs("x", e);
+        assert_eq!(
+            d(fs(fs_format::Error::Unmount {
+                target: "/mnt".into(),
+                lazy: false,
+                source: nix::errno::Errno::EBUSY,
+            })),
+            exit::BUSY
+        );
+        assert_eq!(
+            d(fs(fs_format::Error::UnsupportedFsType("zfs".into()))),
+            exit::USAGE
+        );
+        assert_eq!(
+            d(D::BackendUnavailable {
+                backend: rbd_driver::mapper::Backend::Krbd,
+                reason: "no module".into(),
+            }),
+            exit::FAILURE
+        );
     }
 
     #[test]

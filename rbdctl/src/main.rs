@@ -17,6 +17,7 @@
 
 mod cmd;
 mod error;
+mod node;
 mod output;
 mod progress;
 mod spec;
@@ -34,9 +35,10 @@ Exit codes:
   0  success
   1  failure
   2  bad usage or invalid input (nothing was changed)
-  3  not found (image, snapshot, volume, pool)
+  3  not found (image, snapshot, volume, pool, mapping, mount ID)
   4  already exists
-  5  in use (watchers, locks, mounts) or has snapshots
+  5  in use (watchers, locks, mounts, a volume's mount IDs, a mapped device that is
+     mounted or open) or has snapshots
   6  cluster unavailable: timed out, or our client is blocklisted
   7  permission denied";
 
@@ -51,7 +53,7 @@ pub struct Cli {
     #[arg(long = "id", global = true, env = "CEPH_ID", default_value = "admin")]
     pub id: String,
     /// Keyring file (default: the one named in the conf).
-    #[arg(long = "keyring", global = true)]
+    #[arg(long = "keyring", global = true, env = "CEPH_KEYRING")]
     pub keyring: Option<PathBuf>,
     /// Pool.
     #[arg(short = 'p', long = "pool", global = true, default_value = "rbd")]
@@ -149,6 +151,58 @@ pub enum Command {
     /// Blocklist (fence) client addresses: ls, add, rm.
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
+    /// Map an image (or snapshot) to a local block device; prints the device.
+    #[command(after_help = cmd::device::DEVICE_EXIT_CODES)]
+    Map {
+        /// What to map.
+        #[command(flatten)]
+        args: cmd::device::MapArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Unmap a device, or the devices of an image's current image id.
+    #[command(after_help = cmd::device::DEVICE_EXIT_CODES)]
+    Unmap {
+        /// What to unmap.
+        #[command(flatten)]
+        args: cmd::device::UnmapArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// List this host's mappings (every available backend); same as `device list`.
+    Showmapped {
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Mappings: map, unmap, list.
+    Device(cmd::device::DeviceArgs),
+    /// Volumes (as the Docker plugin makes them): create, rm, ls, inspect, attach,
+    /// detach, resize, snapshot, status.
+    #[command(after_help = cmd::volume::help())]
+    Volume(cmd::volume::VolumeArgs),
+    /// Mount a volume (through the volume driver) or an image (map + mount) on a directory.
+    #[command(after_help = cmd::mount::mount_help())]
+    Mount {
+        /// What to mount where.
+        #[command(flatten)]
+        args: cmd::mount::MountArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
+    /// Unmount what `rbdctl mount` mounted (detaching the volume or unmapping the image).
+    #[command(after_help = cmd::mount::umount_help())]
+    Umount {
+        /// What to unmount.
+        #[command(flatten)]
+        args: cmd::mount::UmountArgs,
+        /// Node settings.
+        #[command(flatten)]
+        node: node::NodeArgs,
+    },
     /// Measure I/O on an image, like `rbd bench` (writes change its data).
     Bench(cmd::bench::BenchArgs),
     /// Print library and cluster versions.
@@ -174,7 +228,7 @@ impl Cli {
         if let Some(c) = &self.conf {
             o = o.conf_file(c);
         }
-        if let Some(k) = &self.keyring {
+        if let Some(k) = self.keyring.as_ref().filter(|k| !k.as_os_str().is_empty()) {
             o = o.keyring(k);
         }
         Ok(rbd_core::Rados::connect(&o)?)
@@ -231,6 +285,13 @@ fn run(cli: &Cli) -> CliResult {
         Command::Trash(c) => cmd::trash::run(cli, c),
         Command::Feature(c) => cmd::image::feature(cli, c),
         Command::Fence(c) => cmd::fence::run(cli, c),
+        Command::Map { args, node } => cmd::device::map(cli, node, args),
+        Command::Unmap { args, node } => cmd::device::unmap(cli, node, args),
+        Command::Showmapped { node } => cmd::device::list(cli, node),
+        Command::Device(a) => cmd::device::run(cli, a),
+        Command::Volume(a) => cmd::volume::run(cli, a),
+        Command::Mount { args, node } => cmd::mount::mount(cli, node, args),
+        Command::Umount { args, node } => cmd::mount::umount(cli, node, args),
         Command::Bench(a) => cmd::bench::bench(cli, a),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {

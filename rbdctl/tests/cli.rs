@@ -30,9 +30,9 @@ fn help_documents_every_exit_code_and_command() {
     for line in [
         "0  success",
         "2  bad usage or invalid input (nothing was changed)",
-        "3  not found (image, snapshot, volume, pool)",
+        "3  not found (image, snapshot, volume, pool, mapping, mount ID)",
         "4  already exists",
-        "5  in use (watchers, locks, mounts) or has snapshots",
+        "5  in use (watchers, locks, mounts, a volume's mount IDs, a mapped device that is",
         "6  cluster unavailable: timed out, or our client is blocklisted",
         "7  permission denied",
     ] {
@@ -59,6 +59,13 @@ fn help_documents_every_exit_code_and_command() {
         "feature",
         "fence",
         "bench",
+        "map",
+        "unmap",
+        "showmapped",
+        "device",
+        "volume",
+        "mount",
+        "umount",
         "completions",
     ] {
         assert!(
@@ -99,6 +106,10 @@ fn completions_cover_the_new_commands() {
         "--allow-shrink",
         "--io-pattern",
         "--no-progress",
+        "showmapped",
+        "--mount-id",
+        "--state-dir",
+        "--keep-mapped",
     ] {
         assert!(out.contains(w), "bash completion lacks {w}");
     }

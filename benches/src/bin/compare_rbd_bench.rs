@@ -10,6 +10,14 @@
 //! same offsets pattern, op flags, total bytes and final flush) N times each, alternating
 //! which goes first, and prints a markdown table of the medians and their ratio. The
 //! image is filled once before the reads, so both sides read real data.
+//!
+//! Both sides run with the same librbd cache settings (`--cache`):
+//!
+//! * `off` (default): librbd's cache off on both sides, as `Rados::connect` sets it, and
+//!   `rbd bench --rbd-cache=false`. Both then have exactly D writes in flight.
+//! * `on`: the `rbd` CLI's own defaults on both sides: the write-around cache with
+//!   `rbd_cache_writethrough_until_flush=false` (which the CLI sets), so writes are
+//!   acknowledged before the OSD has them and far more than D are in flight.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -78,13 +86,38 @@ impl Drop for Cleanup {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cache {
+    Off,
+    On,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Executor {
+    /// A tokio current-thread runtime (no I/O driver: nothing here needs one).
+    Tokio,
+    /// `futures::executor::block_on`: parks the thread with a futex.
+    BlockOn,
+}
+
 struct Args {
+    cache: Cache,
+    executor: Executor,
     runs: usize,
     depth: usize,
+    only: Option<String>,
+    options: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args { runs: 3, depth: 16 };
+    let mut a = Args {
+        cache: Cache::Off,
+        executor: Executor::Tokio,
+        runs: 3,
+        depth: 16,
+        only: None,
+        options: Vec::new(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> anyhow::Result<usize> {
@@ -95,8 +128,35 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--runs" => a.runs = value("--runs")?,
             "--depth" => a.depth = value("--depth")?,
+            "--cache" => {
+                a.cache = match it.next().as_deref() {
+                    Some("off") => Cache::Off,
+                    Some("on") => Cache::On,
+                    other => bail!("--cache takes on or off, not {other:?}"),
+                }
+            }
+            "--executor" => {
+                a.executor = match it.next().as_deref() {
+                    Some("tokio") => Executor::Tokio,
+                    Some("block-on") => Executor::BlockOn,
+                    other => bail!("--executor takes tokio or block-on, not {other:?}"),
+                }
+            }
+            "--only" => a.only = Some(it.next().context("--only needs a workload name")?),
+            "--option" => {
+                let kv = it.next().context("--option needs KEY=VALUE")?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--option {kv:?}: expected KEY=VALUE"))?;
+                a.options.push((k.to_owned(), v.to_owned()));
+            }
             "-h" | "--help" => {
-                println!("usage: compare_rbd_bench [--runs N (3)] [--depth D (16)]");
+                println!(
+                    "usage: compare_rbd_bench [--runs N (3)] [--depth D (16)] [--cache off|on (off)] \
+                     [--executor tokio|block-on (tokio)] [--only WORKLOAD] [--option KEY=VALUE]...\n\
+                     WORKLOAD is a substring of a row name, e.g. \"4K rand\"; each --option \
+                     is a Ceph option for our connection only"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -133,7 +193,23 @@ fn main() -> anyhow::Result<()> {
     if !conf.is_file() {
         bail!("CEPH_CONF={} does not exist", conf.display());
     }
-    let rados = Rados::connect(&ConnectOptions::new().conf_file(&conf))?;
+    let mut opts = ConnectOptions::new().conf_file(&conf);
+    let anchor_args: Vec<String> = match args.cache {
+        Cache::Off => vec!["--rbd-cache=false".into()],
+        Cache::On => {
+            opts = opts
+                .option("rbd_cache", "true")
+                .option("rbd_cache_writethrough_until_flush", "false");
+            vec![
+                "--rbd-cache=true".into(),
+                "--rbd-cache-writethrough-until-flush=false".into(),
+            ]
+        }
+    };
+    for (k, v) in &args.options {
+        opts = opts.option(k, v);
+    }
+    let rados = Rados::connect(&opts)?;
     let io = rados.ioctx(POOL)?;
     let name = testkit::unique("bench-compare");
     rbd::create(&io, &name, IMAGE_SIZE, &ImageOptions::new())?;
@@ -142,9 +218,7 @@ fn main() -> anyhow::Result<()> {
         name: name.clone(),
     };
     let spec = format!("{POOL}/{name}");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
 
     // Fill the image once so that reads on both sides read stored data.
     {
@@ -181,6 +255,9 @@ fn main() -> anyhow::Result<()> {
     let limit = Duration::from_secs(600);
     let mut rows = Vec::new();
     for (wi, w) in WORKLOADS.iter().enumerate() {
+        if args.only.as_deref().is_some_and(|o| !w.name.contains(o)) {
+            continue;
+        }
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for run in 0..args.runs {
@@ -188,7 +265,7 @@ fn main() -> anyhow::Result<()> {
             for side in 0..2 {
                 let anchor = (side == 0) == anchor_first;
                 if anchor {
-                    let m = run_rbd_bench(&conf, &spec, w, args.depth, limit)?;
+                    let m = run_rbd_bench(&conf, &spec, w, args.depth, &anchor_args, limit)?;
                     eprintln!(
                         "{:>14} run {run}: rbd bench {}",
                         w.name,
@@ -200,7 +277,11 @@ fn main() -> anyhow::Result<()> {
                     // so the exclusive lock is not held across the anchor's runs).
                     let img = Image::open(&io, &name, &OpenOptions::new())?;
                     let seed = 0xB0B0 + (wi * 100 + run) as u64;
-                    let m = rt.block_on(run_ours(&img, w, args.depth, seed))?;
+                    let fut = run_ours(&img, w, args.depth, seed);
+                    let m = match args.executor {
+                        Executor::Tokio => rt.block_on(fut)?,
+                        Executor::BlockOn => futures::executor::block_on(fut)?,
+                    };
                     img.close()?;
                     eprintln!(
                         "{:>14} run {run}: rbd-core   {}",
@@ -215,11 +296,25 @@ fn main() -> anyhow::Result<()> {
     }
 
     let v = rbd_core::lib_versions();
+    let ours_opts: Vec<String> = match args.cache {
+        Cache::Off => vec!["rbd_cache=false".into()],
+        Cache::On => vec![
+            "rbd_cache=true".into(),
+            "rbd_cache_writethrough_until_flush=false".into(),
+        ],
+    }
+    .into_iter()
+    .chain(args.options.iter().map(|(k, v)| format!("{k}={v}")))
+    .collect();
     println!(
-        "rbd-core aio ({} in flight) vs `rbd bench --io-threads {}`, {} runs each, medians; \
-         librbd {}.{}.{}, image {spec} ({} MiB, default features).\n",
+        "rbd-core aio ({} in flight, {:?} executor; {}) vs `rbd bench --io-threads {} {}`, \
+         {} runs each, alternating, medians; librbd {}.{}.{}, image {spec} ({} MiB, default \
+         features).\n",
         args.depth,
+        args.executor,
+        ours_opts.join(", "),
         args.depth,
+        anchor_args.join(" "),
         args.runs,
         v.librbd.0,
         v.librbd.1,

@@ -375,17 +375,7 @@ impl Image {
 
     /// Like [`Image::aio_write`], with hints for the OSD (`rbd_aio_write2`'s `op_flags`).
     pub fn aio_write_with(&self, offset: u64, data: Vec<u8>, flags: IoFlags) -> AioFuture<usize> {
-        if data.is_empty() {
-            return AioFuture::ready(Ok((None, 0)), out_len);
-        }
-        let len = data.len() as u64;
-        if let Err(e) = self
-            .size()
-            .and_then(|size| self.check_write_range("write range", offset, len, size))
-        {
-            return AioFuture::ready(Err(e), out_len);
-        }
-        self.aio_start(Kind::Write, offset, len, Some(data), flags, out_len)
+        self.aio_write_impl(offset, data, flags, out_len)
     }
 
     /// Like [`Image::aio_write`], but resolves to the data buffer itself, so a caller
@@ -402,17 +392,27 @@ impl Image {
         data: Vec<u8>,
         flags: IoFlags,
     ) -> AioFuture<Vec<u8>> {
+        self.aio_write_impl(offset, data, flags, out_buf)
+    }
+
+    fn aio_write_impl<T>(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        flags: IoFlags,
+        finish: fn(Option<Vec<u8>>, u64) -> T,
+    ) -> AioFuture<T> {
         let len = data.len() as u64;
         if len == 0 {
-            return AioFuture::ready(Ok((Some(data), 0)), out_buf);
+            return AioFuture::ready(Ok((Some(data), 0)), finish);
         }
         if let Err(e) = self
             .size()
             .and_then(|size| self.check_write_range("write range", offset, len, size))
         {
-            return AioFuture::ready(Err(e), out_buf);
+            return AioFuture::ready(Err(e), finish);
         }
-        self.aio_start(Kind::Write, offset, len, Some(data), flags, out_buf)
+        self.aio_start(Kind::Write, offset, len, Some(data), flags, finish)
     }
 
     /// Discards `len` bytes at `offset` (`rbd_aio_discard`), freeing their space. The range
@@ -462,16 +462,14 @@ impl Image {
             Kind::Read | Kind::Write => self.max_request as u64,
             _ => crate::rbd::io::ZEROING_PIECE,
         };
-        let pieces: Box<dyn Iterator<Item = (u64, u64)>> = if kind == Kind::Flush {
-            Box::new(std::iter::once((0, 0)))
+        // A flush is one request with no range: model it as one 1-byte piece at 0.
+        let (offset, span) = if kind == Kind::Flush {
+            (0, 1)
         } else {
-            Box::new(split(offset, len, max))
+            (offset, len)
         };
-        let count = if kind == Kind::Flush {
-            1
-        } else {
-            split_count(offset, len, max)
-        };
+        let pieces = split(offset, span, max);
+        let count = split_count(offset, span, max);
         let op = Arc::new(Op {
             slot: Mutex::new(Slot {
                 pending: count,

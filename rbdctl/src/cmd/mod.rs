@@ -2,13 +2,16 @@
 
 pub mod bench;
 pub mod clone;
+pub mod device;
 pub mod fence;
 pub mod image;
 pub mod lock;
 pub mod meta;
+pub mod mount;
 pub mod snap;
 pub mod transfer;
 pub mod trash;
+pub mod volume;
 
 use crate::Cli;
 use crate::error::CliResult;

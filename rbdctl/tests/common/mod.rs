@@ -3,6 +3,8 @@
 //! it fails.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,133 @@
+//! The real backend: [`rbd_driver::volume::Driver`] behind [`VolumeBackend`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rbd_driver::DriverError;
+use rbd_driver::mapper::CephAuth;
+use rbd_driver::volume::{
+    CreateSpec, Driver, DriverConfig, EntryState, Phase, VolumeDefaults, VolumeInfo,
+};
+
+use crate::backend::{VolumeBackend, VolumeEntry};
+use crate::config::PluginConfig;
+use crate::error::{PluginError, Result};
+
+/// The driver's configuration from the plugin's. Checks the node-wide volume defaults, so
+/// a bad default stops the plugin at start-up.
+pub fn driver_config(cfg: &PluginConfig) -> Result<DriverConfig> {
+    let mut d = DriverConfig::new(CephAuth {
+        conf: cfg.ceph_conf.clone(),
+        id: cfg.ceph_id.clone(),
+        keyring: cfg.ceph_keyring.clone(),
+    });
+    d.node_id = cfg.node_id.clone();
+    d.state_dir = cfg.state_dir.clone();
+    d.mount_root = cfg.mount_root.clone();
+    d.mapper.run_dir = cfg.run_dir.clone();
+    d.mapper.umap_bin = cfg.umap_bin.clone();
+    if let Some(b) = &cfg.rbd_nbd_bin {
+        d.mapper.rbd_nbd_bin = b.clone();
+    }
+    d.backend = cfg.backend;
+    d.timeouts = cfg.ceph_timeouts;
+    d.defaults = VolumeDefaults::default()
+        .with_options(&cfg.defaults)
+        .map_err(PluginError::Defaults)?;
+    // An operation queued behind another one on the same volume must give up before the
+    // request's deadline, so that Docker gets the driver's own message ("busy") rather
+    // than a bare timeout.
+    let lock_budget = cfg
+        .deadlines
+        .write
+        .saturating_sub(Duration::from_secs(5))
+        .max(Duration::from_secs(1));
+    d.lock_timeout = d.lock_timeout.min(lock_budget);
+    Ok(d)
+}
+
+/// [`Driver`] as the plugin's backend.
+pub struct RbdBackend {
+    driver: Driver,
+}
+
+impl RbdBackend {
+    /// Connects the driver (bounded by its Ceph timeouts) and recovers local state.
+    pub fn connect(cfg: DriverConfig) -> Result<RbdBackend, DriverError> {
+        Ok(RbdBackend {
+            driver: Driver::new(cfg)?,
+        })
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &Driver {
+        &self.driver
+    }
+}
+
+fn entry(v: VolumeInfo) -> VolumeEntry {
+    VolumeEntry {
+        name: v.name,
+        mountpoint: v.mountpoint,
+        created_at: v.created_at,
+        status: v.status,
+    }
+}
+
+impl VolumeBackend for RbdBackend {
+    fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), DriverError> {
+        let spec = CreateSpec::from_options(opts)?;
+        self.driver.create(name, &spec).map(|_| ())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), DriverError> {
+        self.driver.remove(name, false)
+    }
+
+    fn attach(&self, name: &str, mount_id: &str) -> Result<PathBuf, DriverError> {
+        self.driver.attach(name, mount_id, None)
+    }
+
+    fn detach(&self, name: &str, mount_id: &str) -> Result<(), DriverError> {
+        self.driver.detach(name, mount_id)
+    }
+
+    fn get(&self, name: &str) -> Result<VolumeEntry, DriverError> {
+        self.driver.get(name).map(entry)
+    }
+
+    fn path(&self, name: &str) -> Result<Option<PathBuf>, DriverError> {
+        self.driver.path(name)
+    }
+
+    /// Docker's List needs names and mountpoints only: one read of the cluster-wide name
+    /// index plus the local state file, instead of opening every image. Details come with
+    /// Get.
+    fn list(&self) -> Result<Vec<VolumeEntry>, DriverError> {
+        let index = self.driver.index().list()?;
+        let state = self.driver.state_store().load()?;
+        Ok(index
+            .into_iter()
+            .filter(|(_, e)| e.entry.state == EntryState::Ready && !e.entry.image_id.is_empty())
+            .map(|(name, e)| {
+                let mountpoint = state
+                    .volumes
+                    .get(&name)
+                    .filter(|v| v.phase == Phase::Mounted)
+                    .map(|v| v.mountpoint.clone());
+                VolumeEntry {
+                    created_at: index_time(e.entry.created_at),
+                    name,
+                    mountpoint,
+                    status: BTreeMap::new(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// An index entry's time (seconds since the epoch; 0 = unknown) as a [`SystemTime`].
+fn index_time(secs: u64) -> Option<SystemTime> {
+    (secs > 0).then(|| UNIX_EPOCH + Duration::from_secs(secs))
+}

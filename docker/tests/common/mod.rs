@@ -1,0 +1,692 @@
+//! Shared helpers for the plugin's end-to-end tests: the plugin process, an HTTP client over
+//! its socket, the Ceph CLI, a private dockerd, and plugin discovery files. Everything
+//! started here is stopped by its own pid in `Drop`, pass or fail.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const IMAGE: &str = "rbd-test/busybox:latest";
+
+/// Runs a command with a deadline, draining its output; panics if it cannot be started or
+/// does not finish in time (it is killed first).
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {limit:?}; killed");
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn check(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A temp directory under /tmp (short, for socket paths), removed in `Drop`.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = PathBuf::from("/tmp").join(testkit::unique(prefix));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Ceph CLI against the test cluster.
+
+pub struct Ceph {
+    pub conf: PathBuf,
+}
+
+impl Ceph {
+    pub fn new(conf: &Path) -> Self {
+        Ceph {
+            conf: conf.to_path_buf(),
+        }
+    }
+    pub fn rbd(&self, args: &[&str]) -> Output {
+        run(
+            Command::new("rbd")
+                .arg("-c")
+                .arg(&self.conf)
+                .args(args)
+                .env_remove("CEPH_ARGS"),
+            Duration::from_secs(60),
+        )
+    }
+    /// Image names in `pool` (default namespace).
+    pub fn images(&self, pool: &str) -> Vec<String> {
+        let out = self.rbd(&["ls", "-p", pool, "--format", "json"]);
+        let s = check("rbd ls", &out);
+        serde_json::from_str::<Vec<String>>(s.trim()).unwrap_or_default()
+    }
+    pub fn image_exists(&self, pool: &str, name: &str) -> bool {
+        self.images(pool).iter().any(|n| n == name)
+    }
+    /// `rbd info --format json`.
+    pub fn info(&self, spec: &str) -> Value {
+        let out = self.rbd(&["info", spec, "--format", "json"]);
+        serde_json::from_str(&check("rbd info", &out)).expect("rbd info json")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP over the plugin socket, with hyper's client.
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", text(&self.body)))
+    }
+    /// The `Err` field ("" when absent).
+    pub fn err(&self) -> String {
+        self.json()
+            .get("Err")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Sends `method path` with `body` over the unix socket at `sock` (deadline `limit`).
+pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) -> Resp {
+    try_http(sock, method, path, body, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http`], with failures returned instead of panicking.
+pub fn try_http(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    limit: Duration,
+) -> Result<Resp, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (sock, method, path, body) = (
+        sock.to_path_buf(),
+        method.to_string(),
+        path.to_string(),
+        body.to_string(),
+    );
+    rt.block_on(async move {
+        let fut = async {
+            let stream = tokio::net::UnixStream::connect(&sock)
+                .await
+                .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("http handshake: {e}"))?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri(format!("http://plugin{path}"))
+                .header("Host", "plugin")
+                .header("Accept", "application/vnd.docker.plugins.v1.2+json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("request");
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{method} {path}: {e}"))?;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{method} {path}: reading the body: {e}"))?
+                .to_bytes()
+                .to_vec();
+            Ok(Resp {
+                status,
+                content_type,
+                body,
+            })
+        };
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("{method} {path} got no answer within {limit:?}")))
+    })
+}
+
+/// `POST /<method>` with a JSON body (100 s deadline: above the plugin's own).
+pub fn call(sock: &Path, method: &str, body: Value) -> Resp {
+    http(
+        sock,
+        "POST",
+        &format!("/{method}"),
+        &body.to_string(),
+        Duration::from_secs(100),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The plugin process.
+
+/// Path of a binary next to the plugin binary (same target dir), e.g. `rbd-umap`.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_docker-volume-rbd"))
+        .parent()
+        .expect("bin dir")
+        .join(name)
+}
+
+/// Settings of one plugin instance under test.
+pub struct PluginSpec {
+    pub ceph_conf: PathBuf,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub node_id: String,
+    pub config: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl PluginSpec {
+    /// Everything under `dir`; the socket at `dir/rbd.sock`.
+    pub fn new(ceph_conf: &Path, dir: &Path) -> Self {
+        PluginSpec {
+            ceph_conf: ceph_conf.to_path_buf(),
+            dir: dir.to_path_buf(),
+            socket: dir.join("rbd.sock"),
+            node_id: testkit::unique("node"),
+            config: String::new(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let cfg = self.dir.join("plugin.toml");
+        std::fs::write(&cfg, &self.config).expect("write plugin config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_docker-volume-rbd"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CEPH_CONF", &self.ceph_conf)
+            .env("CEPH_ID", "admin")
+            .env("RBD_PLUGIN_CONFIG", &cfg)
+            .env("RBD_PLUGIN_SOCKET", &self.socket)
+            .env("RBD_NODE_ID", &self.node_id)
+            .env("RBD_STATE_DIR", self.dir.join("state"))
+            .env("RBD_MOUNT_ROOT", self.dir.join("mnt"))
+            .env("RBD_RUN_DIR", self.dir.join("run"))
+            .env("RBD_BACKEND", "userspace")
+            .env("RBD_UMAP_BIN", sibling_bin("rbd-umap"))
+            .env("RBD_LOG", "debug");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+/// A running plugin, stopped with SIGTERM (then SIGKILL) in `Drop`.
+pub struct Plugin {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Plugin {
+    /// Starts the plugin and waits until it answers `/Plugin.Activate` and is connected to
+    /// the cluster (a List succeeds).
+    pub fn start(spec: &PluginSpec) -> Plugin {
+        let p = Self::spawn(spec);
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    /// Starts the plugin without waiting.
+    pub fn spawn(spec: &PluginSpec) -> Plugin {
+        let log = spec.dir.join("plugin.log");
+        let f = std::fs::File::create(&log).expect("plugin log");
+        let child = spec
+            .command()
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup log"))
+            .stderr(f)
+            .spawn()
+            .expect("start docker-volume-rbd");
+        Plugin {
+            child: Some(child),
+            socket: spec.socket.clone(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the socket to answer and the driver to be connected.
+    pub fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(c) = &self.child {
+                // A plugin that exited will never answer.
+                let pid = c.id();
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    panic!("plugin exited early:\n{}", self.log_text());
+                }
+            }
+            if let Ok(r) = try_http(
+                &self.socket,
+                "POST",
+                "/VolumeDriver.List",
+                "{}",
+                Duration::from_secs(15),
+            ) && r.status == 200
+                && r.err().is_empty()
+            {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "plugin not ready within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status (SIGKILL after `limit`).
+    pub fn stop(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on the pid of our own child, which we have not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(20));
+    }
+}
+
+/// Mode bits of a path (without the file type).
+pub fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A volume removed through the plugin (or, failing that, with `rbd rm`) in `Drop`.
+pub struct VolumeGuard {
+    pub socket: PathBuf,
+    pub ceph: PathBuf,
+    pub pool: String,
+    pub name: String,
+}
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        if self.socket.exists() {
+            let _ = std::panic::catch_unwind(|| {
+                call(
+                    &self.socket,
+                    "VolumeDriver.Remove",
+                    serde_json::json!({"Name": self.name}),
+                )
+            });
+        }
+        let ceph = Ceph::new(&self.ceph);
+        if ceph.image_exists(&self.pool, &self.name) {
+            let _ = ceph.rbd(&["rm", &format!("{}/{}", self.pool, self.name)]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Docker.
+
+/// A private dockerd for one test, from scripts/dev-docker.sh (DEV_DOCKER_OWN=1, its own
+/// directory), stopped and wiped in `Drop`.
+///
+/// Why not the shared dev dockerd: dockerd keeps every legacy plugin it has talked to in a
+/// cache for its lifetime and asks each of them on every `docker volume ls`. A test's plugin
+/// is gone after the test, and each later `docker volume ls` on that dockerd then waits
+/// about 15 s for it (measured). A dockerd per test keeps the shared one clean.
+pub struct Dockerd {
+    pub dir: PathBuf,
+    pub host: String,
+}
+
+impl Dockerd {
+    pub fn start() -> Dockerd {
+        // Short: the exec root under it holds unix sockets.
+        let dir = PathBuf::from("/tmp").join(testkit::unique("dk"));
+        let script = testkit::workspace_root().join("scripts/dev-docker.sh");
+        let out = run(
+            Command::new(&script)
+                .arg("up")
+                .arg(&dir)
+                .env("DEV_DOCKER_OWN", "1")
+                .env_remove("DOCKER_HOST")
+                .env_remove("DEV_DOCKER_DIR"),
+            Duration::from_secs(180),
+        );
+        let d = Dockerd {
+            host: format!("unix://{}/docker.sock", dir.display()),
+            dir,
+        };
+        check("scripts/dev-docker.sh up", &out);
+        d
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_for(args, Duration::from_secs(120))
+    }
+
+    pub fn docker_for(&self, args: &[&str], limit: Duration) -> Output {
+        run(
+            Command::new("docker")
+                .args(args)
+                .env("DOCKER_HOST", &self.host)
+                .env_remove("DOCKER_CONTEXT"),
+            limit,
+        )
+    }
+
+    /// `docker ARGS`, which must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        check(&format!("docker {}", args.join(" ")), &out)
+    }
+
+    /// `docker ARGS`, which must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "docker {} should have failed; stdout: {}",
+            args.join(" "),
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let script = testkit::workspace_root().join("scripts/dev-docker.sh");
+        let _ = std::panic::catch_unwind(|| {
+            run(
+                Command::new(&script).arg("down").arg(&self.dir),
+                Duration::from_secs(180),
+            )
+        });
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `/etc/docker/plugins/NAME.spec` pointing at a socket, removed in `Drop`. dockerd finds
+/// legacy plugins there (and at /run/docker/plugins/NAME.sock) whatever its own directories.
+pub struct SpecFile {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl SpecFile {
+    pub fn new(name: &str, socket: &Path) -> SpecFile {
+        let dir = Path::new("/etc/docker/plugins");
+        std::fs::create_dir_all(dir).expect("create /etc/docker/plugins");
+        let path = dir.join(format!("{name}.spec"));
+        std::fs::write(&path, format!("unix://{}\n", socket.display())).expect("write spec");
+        SpecFile {
+            name: name.to_string(),
+            path,
+        }
+    }
+}
+
+impl Drop for SpecFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `docker ARGS` against `host`, which must succeed; its stdout.
+pub fn docker_ok(host: &str, args: &[&str]) -> String {
+    let out = run(
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", host)
+            .env_remove("DOCKER_CONTEXT"),
+        Duration::from_secs(120),
+    );
+    check(&format!("docker {}", args.join(" ")), &out)
+}
+
+/// A docker container removed (`docker rm -f`) in `Drop`.
+pub struct Container {
+    pub host: String,
+    pub name: String,
+}
+
+impl Container {
+    /// `docker run -d --name NAME --network none ARGS... IMAGE sh -c SCRIPT`.
+    pub fn run(dockerd: &Dockerd, args: &[&str], script: &str) -> Container {
+        let c = Container {
+            host: dockerd.host.clone(),
+            name: testkit::unique("c"),
+        };
+        let mut full = vec![
+            "run",
+            "-d",
+            "--name",
+            &c.name,
+            "--network",
+            "none",
+            "--pull",
+            "never",
+        ];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+        docker_ok(&c.host, &full);
+        c
+    }
+
+    /// `docker exec NAME sh -c SCRIPT`, which must succeed; its stdout.
+    pub fn exec(&self, script: &str) -> String {
+        docker_ok(&self.host, &["exec", &self.name, "sh", "-c", script])
+    }
+
+    /// `docker stop`.
+    pub fn stop(&self) {
+        docker_ok(&self.host, &["stop", "-t", "1", &self.name]);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            run(
+                Command::new("docker")
+                    .args(["rm", "-f", &self.name])
+                    .env("DOCKER_HOST", &self.host),
+                Duration::from_secs(120),
+            )
+        });
+    }
+}
+
+/// A plugin, a dockerd of its own that finds it under a unique name, and the cluster.
+/// Dropped in field order: the spec file, dockerd, the plugin, the temp dir.
+pub struct DockerEnv {
+    pub spec_file: SpecFile,
+    pub dockerd: Dockerd,
+    pub plugin: Plugin,
+    pub spec: PluginSpec,
+    pub dir: TempDir,
+    pub conf: PathBuf,
+}
+
+impl DockerEnv {
+    /// Needs `CEPH_CONF`, `DOCKER_HOST` (the dev dockerd gates these tests) and root.
+    pub fn setup(prefix: &str) -> Option<DockerEnv> {
+        let conf = testkit::ceph_conf()?;
+        testkit::docker_host()?;
+        if !testkit::require_root() {
+            return None;
+        }
+        let dir = TempDir::new(prefix);
+        let spec = PluginSpec::new(&conf, dir.path());
+        let plugin = Plugin::start(&spec);
+        let spec_file = SpecFile::new(&testkit::unique("rbd"), &plugin.socket);
+        let dockerd = Dockerd::start();
+        Some(DockerEnv {
+            spec_file,
+            dockerd,
+            plugin,
+            spec,
+            dir,
+            conf,
+        })
+    }
+
+    /// The driver name for `-d` / `--volume-driver`.
+    pub fn driver(&self) -> &str {
+        &self.spec_file.name
+    }
+
+    /// A guard removing volume `name` (through the plugin, else `rbd rm`) when dropped.
+    pub fn guard(&self, name: &str) -> VolumeGuard {
+        VolumeGuard {
+            socket: self.plugin.socket.clone(),
+            ceph: self.conf.clone(),
+            pool: "rbd".into(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Mount points under this test's directory (the plugin's mount root and FUSE dirs).
+    pub fn mounts(&self) -> Vec<String> {
+        let base = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&base))
+            .collect()
+    }
+
+    /// Loop devices whose backing file is under this test's directory.
+    pub fn loop_devices(&self) -> Vec<String> {
+        let base = self.dir.path().display().to_string();
+        let out = run(
+            Command::new("losetup").args(["-l", "-n", "-O", "NAME,BACK-FILE"]),
+            Duration::from_secs(30),
+        );
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&base))
+            .map(String::from)
+            .collect()
+    }
+}
