@@ -16,7 +16,7 @@
 #   SEQ_TOTAL=2G   bytes moved per 4M run     RAND_TOTAL=256M  bytes per 4K run
 #   REPS=5         repetitions                POOL=rbd
 #   BIN_DIR=target/release (rbd-umap, rbd-map-probe; built with `cargo build --release`)
-# Prints a markdown section on stdout; raw figures go to $OUT (default a temp dir).
+# Prints markdown tables on stdout; OUT=DIR keeps the raw figures (DIR/raw.txt).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,6 +39,7 @@ done
 
 work=$(mktemp -d /run/fio-compare.XXXXXX)
 OUT=${OUT:-$work}
+mkdir -p "$OUT"
 IMG=fio-compare-$$-$RANDOM
 FUSE_MNT=$work/rbd-fuse
 RUN_DIR=$work/umap
@@ -60,7 +61,7 @@ cleanup() {
     kill -9 "$FUSE_PID" 2>/dev/null
   fi
   timeout 60 rbd -c "$CEPH_CONF" rm --no-progress "$POOL/$IMG" >/dev/null 2>&1
-  [ "$OUT" = "$work" ] || rm -rf "$work"
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -138,7 +139,7 @@ run_umap() {
   OUR_DEV=
 }
 
-log "image $POOL/$IMG ($SIZE), $REPS repetitions, raw figures in $OUT/raw.txt"
+log "image $POOL/$IMG ($SIZE), $REPS repetitions"
 rbd_ create --size "$SIZE" "$POOL/$IMG"
 # Fill it, so every workload reads and overwrites allocated objects.
 rbd_ bench --io-type write --io-size 4M --io-threads 16 --io-total "$SIZE" --io-pattern seq \
