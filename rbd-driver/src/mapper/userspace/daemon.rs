@@ -568,7 +568,9 @@ impl Mapper {
                 loop {
                     tokio::time::sleep(interval).await;
                     let r = rados.clone();
-                    let check = tokio::task::spawn_blocking(move || r.is_blocklisted(&addr));
+                    let check = tokio::task::spawn_blocking(move || {
+                        r.blocklist_ls().map(|l| l.iter().any(|e| fences(e, &addr)))
+                    });
                     match tokio::time::timeout(Duration::from_secs(15), check).await {
                         Ok(Ok(Ok(true))) => {
                             shared.fence(format!(
@@ -835,6 +837,35 @@ impl Mapper {
     }
 }
 
+/// True when a blocklist entry fences the client at `addr`: its exact instance, its whole
+/// host (port and nonce 0), or a CIDR range holding its IP.
+pub(crate) fn fences(e: &rbd_core::BlocklistEntry, addr: &EntityAddr) -> bool {
+    use std::net::IpAddr;
+    if !e.range {
+        return e.addr.same_instance(addr) || (e.addr.is_whole_host() && e.addr.ip == addr.ip);
+    }
+    let prefix = e.addr.nonce;
+    match (e.addr.ip, addr.ip) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) if prefix <= 32 => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            u32::from(net) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(ip)) if prefix <= 128 => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix)
+            };
+            u128::from(net) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    }
+}
+
 /// The path of the `rbd-umap` binary that serves mappings for a program at `exe`: next to
 /// it, or one level up when `exe` is a test binary in `target/*/deps`.
 pub fn sibling_binary(exe: &Path) -> Vec<PathBuf> {
@@ -848,4 +879,43 @@ pub fn sibling_binary(exe: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: &str, range: bool) -> rbd_core::BlocklistEntry {
+        rbd_core::BlocklistEntry {
+            addr: addr.parse().unwrap(),
+            range,
+            until: None,
+            until_raw: String::new(),
+        }
+    }
+
+    #[test]
+    fn blocklist_entries_that_fence_us() {
+        let me: EntityAddr = "127.0.0.1:0/3141".parse().unwrap();
+        assert!(fences(&entry("127.0.0.1:0/3141", false), &me));
+        assert!(fences(&entry("v1:127.0.0.1:0/3141", false), &me));
+        assert!(
+            !fences(&entry("127.0.0.1:0/3142", false), &me),
+            "another instance"
+        );
+        assert!(
+            fences(&entry("127.0.0.1:0/0", false), &me),
+            "the whole host"
+        );
+        assert!(!fences(&entry("127.0.0.2:0/0", false), &me));
+        // Ranges: the nonce is the prefix length.
+        assert!(fences(&entry("127.0.0.0:0/8", true), &me));
+        assert!(fences(&entry("127.0.0.1:0/32", true), &me));
+        assert!(!fences(&entry("10.0.0.0:0/8", true), &me));
+        assert!(fences(&entry("0.0.0.0:0/0", true), &me));
+        let v6: EntityAddr = "[fd00::5]:0/7".parse().unwrap();
+        assert!(fences(&entry("[fd00::]:0/64", true), &v6));
+        assert!(!fences(&entry("[fd01::]:0/64", true), &v6));
+        assert!(!fences(&entry("127.0.0.0:0/8", true), &v6));
+    }
 }
