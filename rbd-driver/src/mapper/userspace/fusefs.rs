@@ -61,9 +61,8 @@ pub(crate) trait BlockBackend: Send + Sync + 'static {
     /// Writes `data` at `offset` (copied before this returns); returns the bytes
     /// written.
     fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize>;
-    /// Deallocates a range (reads return zeroes afterwards).
-    fn discard(&self, offset: u64, len: u64) -> IoFuture<()>;
-    /// Zeroes a range.
+    /// Zeroes a range; whole backing objects in it may be deallocated (thin). Used for
+    /// both FUSE hole punching and zero ranges: a punched hole must read back as zeros.
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()>;
     /// Makes completed writes durable.
     fn flush(&self) -> IoFuture<()>;
@@ -656,7 +655,12 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         let io = match op {
             // Preallocation: thin-provisioned, nothing to do.
             0 => return reply.ok(),
-            libc::FALLOC_FL_PUNCH_HOLE if keep => self.backend.discard(offset, len),
+            // A punched hole must read back as zeros, and the loop driver turns both
+            // discards and write-zeroes requests into PUNCH_HOLE. librbd's discard skips
+            // the unaligned edges of a range (rbd_discard_granularity_bytes), so those
+            // would keep their old data: zero the range instead. rbd_aio_write_zeroes
+            // still deallocates the whole objects it covers, so thin provisioning stays.
+            libc::FALLOC_FL_PUNCH_HOLE if keep => self.backend.write_zeroes(offset, len),
             libc::FALLOC_FL_ZERO_RANGE => self.backend.write_zeroes(offset, len),
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
@@ -754,7 +758,7 @@ mod tests {
             let data = data.to_vec();
             self.run(move |f| f.write_all_at(&data, offset).map(|()| data.len()))
         }
-        fn discard(&self, offset: u64, len: u64) -> IoFuture<()> {
+        fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
             self.run(move |f| {
                 nix::fcntl::fallocate(
                     std::os::fd::AsRawFd::as_raw_fd(f),
@@ -765,9 +769,6 @@ mod tests {
                 )
                 .map_err(std::io::Error::from)
             })
-        }
-        fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
-            self.discard(offset, len)
         }
         fn flush(&self) -> IoFuture<()> {
             self.run(|f| f.sync_data())

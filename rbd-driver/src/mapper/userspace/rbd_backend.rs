@@ -142,9 +142,6 @@ impl BlockBackend for RbdBackend {
             Ok(n)
         })
     }
-    fn discard(&self, offset: u64, len: u64) -> IoFuture<()> {
-        self.with(|i| i.aio_discard(offset, len))
-    }
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
         self.with(|i| i.aio_write_zeroes(offset, len))
     }
