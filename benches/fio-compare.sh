@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Throughput of the userspace mapper (rbd-umap: FUSE + loop) against two anchors on the
 # same cluster and the same image, in one run:
-#   - `rbd bench --io-threads 16` (librbd, no kernel in the path);
+#   - `rbd bench --io-threads 16` (librbd, no kernel in the path), with librbd's default
+#     write-around cache, and again with `--rbd_cache=false`: rbd-core (and so our mapper)
+#     runs with the cache off, because the cache acknowledges writes before the OSD does
+#     and can lose a fenced client's write errors;
 #   - Ceph's `rbd-fuse` + `losetup --direct-io=on` + fio;
 #   - ours: `rbd-map-probe map userspace` (the UserspaceMapper) + fio on its /dev/loopN.
 # fio: --direct=1 --ioengine=libaio --iodepth=16, one job. Workloads: 4M sequential write
@@ -13,7 +16,7 @@
 #   SEQ_TOTAL=2G   bytes moved per 4M run     RAND_TOTAL=256M  bytes per 4K run
 #   REPS=5         repetitions                POOL=rbd
 #   BIN_DIR=target/release (rbd-umap, rbd-map-probe; built with `cargo build --release`)
-# Prints a markdown section on stdout; raw figures go to $OUT (default a temp dir).
+# Prints markdown tables on stdout; OUT=DIR keeps the raw figures (DIR/raw.txt).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,6 +39,7 @@ done
 
 work=$(mktemp -d /run/fio-compare.XXXXXX)
 OUT=${OUT:-$work}
+mkdir -p "$OUT"
 IMG=fio-compare-$$-$RANDOM
 FUSE_MNT=$work/rbd-fuse
 RUN_DIR=$work/umap
@@ -57,7 +61,7 @@ cleanup() {
     kill -9 "$FUSE_PID" 2>/dev/null
   fi
   timeout 60 rbd -c "$CEPH_CONF" rm --no-progress "$POOL/$IMG" >/dev/null 2>&1
-  [ "$OUT" = "$work" ] || rm -rf "$work"
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -86,15 +90,16 @@ WORKLOADS=("seqwrite write 4M $SEQ_TOTAL" "seqread read 4M $SEQ_TOTAL"
   "randwrite randwrite 4K $RAND_TOTAL" "randread randread 4K $RAND_TOTAL")
 
 run_rbd_bench() {
-  local name rw bs total type pattern bytes
+  local tag=$1 name rw bs total type pattern bytes
+  shift
   for w in "${WORKLOADS[@]}"; do
     read -r name rw bs total <<<"$w"
     case $rw in *write) type=write ;; *) type=read ;; esac
     case $rw in rand*) pattern=rand ;; *) pattern=seq ;; esac
     bytes=$(to_bytes "$bs")
-    rbd_ bench --io-type "$type" --io-size "$bs" --io-threads 16 --io-total "$total" \
+    rbd_ bench "$@" --io-type "$type" --io-size "$bs" --io-threads 16 --io-total "$total" \
       --io-pattern "$pattern" "$POOL/$IMG" 2>/dev/null | bench_rate "$bytes" \
-      | sed "s/^/rbd-bench $name /" >>"$OUT/raw.txt"
+      | sed "s/^/$tag $name /" >>"$OUT/raw.txt"
   done
 }
 
@@ -134,7 +139,7 @@ run_umap() {
   OUR_DEV=
 }
 
-log "image $POOL/$IMG ($SIZE), $REPS repetitions, raw figures in $OUT/raw.txt"
+log "image $POOL/$IMG ($SIZE), $REPS repetitions"
 rbd_ create --size "$SIZE" "$POOL/$IMG"
 # Fill it, so every workload reads and overwrites allocated objects.
 rbd_ bench --io-type write --io-size 4M --io-threads 16 --io-total "$SIZE" --io-pattern seq \
@@ -143,9 +148,9 @@ rbd_ bench --io-type write --io-size 4M --io-threads 16 --io-total "$SIZE" --io-
 for rep in $(seq 1 "$REPS"); do
   log "repetition $rep/$REPS"
   case $((rep % 3)) in
-    1) run_umap; run_rbd_fuse; run_rbd_bench ;;
-    2) run_rbd_fuse; run_rbd_bench; run_umap ;;
-    0) run_rbd_bench; run_umap; run_rbd_fuse ;;
+    1) run_umap; run_rbd_fuse; run_rbd_bench rbd-bench; run_rbd_bench rbd-bench-nc --rbd_cache=false ;;
+    2) run_rbd_fuse; run_rbd_bench rbd-bench-nc --rbd_cache=false; run_umap; run_rbd_bench rbd-bench ;;
+    0) run_rbd_bench rbd-bench; run_umap; run_rbd_bench rbd-bench-nc --rbd_cache=false; run_rbd_fuse ;;
   esac
 done
 
@@ -158,14 +163,29 @@ fmt() { # bytes/s or iops -> human
   esac
 }
 
-echo "| workload | rbd bench | rbd-fuse + loop | userspace (ours) | ours / rbd bench | ours / rbd-fuse |"
-echo "|---|---|---|---|---|---|"
+echo "| workload | rbd bench | rbd bench, cache off | rbd-fuse + loop | userspace (ours) | ours / rbd bench | ours / rbd bench cache off | ours / rbd-fuse |"
+echo "|---|---|---|---|---|---|---|---|"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 for w in seqwrite seqread randwrite randread; do
   case $w in seq*) f=3 ;; *) f=4 ;; esac
-  b=$(fig rbd-bench $w $f); r=$(fig rbd-fuse $w $f); u=$(fig userspace $w $f)
+  b=$(fig rbd-bench $w $f); c=$(fig rbd-bench-nc $w $f); r=$(fig rbd-fuse $w $f); u=$(fig userspace $w $f)
   label=$(case $w in seqwrite) echo "4M seq write" ;; seqread) echo "4M seq read" ;;
     randwrite) echo "4K rand write" ;; randread) echo "4K rand read" ;; esac)
-  printf "| %s | %s | %s | %s | %.2fx | %.2fx |\n" "$label" "$(fmt $w "$b")" "$(fmt $w "$r")" \
-    "$(fmt $w "$u")" "$(awk -v u="$u" -v b="$b" 'BEGIN { print u / b }')" \
-    "$(awk -v u="$u" -v r="$r" 'BEGIN { print u / r }')"
+  echo "| $label | $(fmt $w "$b") | $(fmt $w "$c") | $(fmt $w "$r") | $(fmt $w "$u") | $(ratio "$u" "$b") | $(ratio "$u" "$c") | $(ratio "$u" "$r") |"
+done
+echo
+echo "Spread (min-max over $REPS repetitions):"
+echo
+echo "| workload | rbd bench | rbd bench, cache off | rbd-fuse + loop | userspace (ours) |"
+echo "|---|---|---|---|---|"
+span() { awk -v c="$1" -v w="$2" -v f="$3" '$1 == c && $2 == w { v = $f; if (min == "" || v < min) min = v; if (max == "" || v > max) max = v }
+  END { print min, max }' "$OUT/raw.txt"; }
+for w in seqwrite seqread randwrite randread; do
+  case $w in seq*) f=3 ;; *) f=4 ;; esac
+  row="| $w"
+  for c in rbd-bench rbd-bench-nc rbd-fuse userspace; do
+    read -r lo hi <<<"$(span $c $w $f)"
+    row="$row | $(fmt $w "$lo") - $(fmt $w "$hi")"
+  done
+  echo "$row |"
 done

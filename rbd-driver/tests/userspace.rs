@@ -1003,3 +1003,82 @@ fn a_run_dir_behind_a_symlink_works() {
     assert!(mapper.list().unwrap().is_empty());
     assert!(mapper.entries().unwrap().is_empty());
 }
+
+#[test]
+fn sigterm_right_after_the_map_still_unmaps_cleanly() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-term", 16 * MIB);
+    for _ in 0..3 {
+        let m = fx.map(&img);
+        let token = fx.token_of(&m);
+        let pid = m.pid.unwrap();
+        // At once: the mapper may still be finishing its post-readiness tuning.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(wait_until(Duration::from_secs(20), || !proc_alive(pid)));
+        let report: record::ExitReport =
+            serde_json::from_slice(&std::fs::read(fx.paths(&token).exit()).unwrap()).unwrap();
+        assert_eq!(report.code, exit::OK, "{report:?}");
+        assert_eq!(report.reason, "unmap");
+        fx.assert_gone(&m, &token);
+        assert!(watchers(&fx.conf, &img.name).is_empty());
+        let _ = std::fs::remove_file(fx.paths(&token).exit());
+        let _ = std::fs::remove_file(fx.paths(&token).log());
+    }
+}
+
+/// Discards and zero-outs through the loop device reach the FUSE file as hole punches;
+/// a punched range must read back as zeros even when it is not aligned to librbd's
+/// discard granularity (64 KiB), and the bytes around it must stay.
+#[test]
+fn unaligned_discard_and_zeroout_read_back_as_zeros() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-zero", 16 * MIB);
+    let m = fx.map(&img);
+    let data = pattern(7, 4 * MIB as usize);
+    direct_write(&m.device, 0, &data).unwrap();
+    let dev = m.device.to_str().unwrap().to_owned();
+    // 8 KiB at 4 KiB (inside one 64 KiB granule) and 68 KiB at 1 MiB + 12 KiB.
+    let ranges = [(4096u64, 8192u64), (MIB + 12 * 1024, 68 * 1024)];
+    run(
+        "blkdiscard",
+        &[
+            "-o",
+            &ranges[0].0.to_string(),
+            "-l",
+            &ranges[0].1.to_string(),
+            &dev,
+        ],
+    );
+    run(
+        "blkdiscard",
+        &[
+            "-z",
+            "-o",
+            &ranges[1].0.to_string(),
+            "-l",
+            &ranges[1].1.to_string(),
+            &dev,
+        ],
+    );
+    let mut expect = data.clone();
+    for (off, len) in ranges {
+        expect[off as usize..(off + len) as usize].fill(0);
+    }
+    // Through the device...
+    let got = direct_read(&m.device, 0, expect.len()).unwrap();
+    assert!(
+        got == expect,
+        "the device does not read back zeros for the punched ranges"
+    );
+    // ...and in the image itself.
+    let image = fx.open(&img);
+    let mut got = vec![0u8; expect.len()];
+    image.read_exact_at(0, &mut got).unwrap();
+    assert!(got == expect, "the image keeps data in a discarded range");
+    drop(image);
+    fx.mapper.unmap(&m, false).unwrap();
+}

@@ -300,9 +300,33 @@ impl UserspaceMapper {
     }
 
     /// Removes the records of dead mappers that left nothing else behind (and their
-    /// mount point directories and sockets); returns what was removed.
+    /// mount point directories and sockets); returns what was removed. Logs and exit
+    /// reports of mappings without a record are kept for a day, for diagnosis, then
+    /// removed too.
     pub fn cleanup_stale(&self) -> Result<Vec<Entry>> {
         let mut removed = Vec::new();
+        let dir = record::dir(&self.run_dir());
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            let day = Duration::from_secs(24 * 3600);
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let Some(token) = name
+                    .strip_suffix(".exit.json")
+                    .or_else(|| name.strip_suffix(".log"))
+                else {
+                    continue;
+                };
+                let old = ent
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > day);
+                if old && !dir.join(format!("{token}.json")).exists() {
+                    let _ = std::fs::remove_file(ent.path());
+                }
+            }
+        }
         for e in self.entries()? {
             if e.is_garbage() {
                 let paths = Paths::new(&self.run_dir(), &e.record.token);
@@ -675,6 +699,71 @@ mod tests {
         // Fits the admin socket path limit under the default run dir.
         let p = Paths::new(Path::new("/run/rbd-volumes"), &a).asok();
         assert!(p.as_os_str().len() < 100, "{}", p.display());
+    }
+
+    #[test]
+    fn stale_records_and_old_logs_are_cleaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = UserspaceMapper::new(&MapperConfig {
+            run_dir: tmp.path().to_path_buf(),
+            ..MapperConfig::default()
+        });
+        let dir = record::ensure_dir(tmp.path()).unwrap();
+        let run = std::fs::canonicalize(tmp.path()).unwrap();
+        // A record of a process that is gone, whose loop device and mount are gone too.
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let paths = Paths::new(&run, "tdead");
+        let rec = Record {
+            version: record::RECORD_VERSION,
+            token: "tdead".into(),
+            pool: "rbd".into(),
+            namespace: String::new(),
+            image: "vol".into(),
+            image_id: "abc123".into(),
+            snap: None,
+            read_only: false,
+            exclusive: false,
+            device: "/dev/loop250".into(),
+            pid: dead,
+            start_time: 1,
+            client_addr: None,
+            mountpoint: paths.mountpoint(),
+            fuse_file: paths.fuse_file(),
+            size: 1 << 20,
+            io_timeout_secs: 30,
+            created: 0,
+        };
+        record::write_json(&paths.record(), &rec).unwrap();
+        std::fs::create_dir(paths.mountpoint()).unwrap();
+        // An old log and exit report without a record, and a fresh log.
+        let old = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        for f in ["told.log", "told.exit.json"] {
+            let p = dir.join(f);
+            std::fs::write(&p, "x").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        std::fs::write(dir.join("tnew.log"), "x").unwrap();
+
+        let e = m.entries().unwrap();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].is_garbage(), "{:?}", e[0].state);
+        // list() drops garbage without reporting it; cleanup_stale() reports it.
+        let removed = m.cleanup_stale().unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].record.token, "tdead");
+        assert!(!paths.record().exists());
+        assert!(!paths.mountpoint().exists());
+        assert!(!dir.join("told.log").exists());
+        assert!(!dir.join("told.exit.json").exists());
+        assert!(dir.join("tnew.log").exists(), "fresh logs are kept");
+        assert!(m.list().unwrap().is_empty());
     }
 
     #[test]

@@ -146,6 +146,28 @@ impl Stop {
     }
 }
 
+/// The signals the mapper obeys, registered before anything is set up: one that arrives
+/// during the map is kept for the main loop, instead of killing the process half-made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers; needs the runtime's context.
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// What has been set up so far; torn down in reverse.
 struct Mapper {
     paths: Paths,
@@ -211,6 +233,18 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
             return exit::MAP_FAILED;
         }
     };
+    let signals = {
+        let _in_rt = rt.enter();
+        match Signals::register() {
+            Ok(s) => s,
+            Err(e) => {
+                report(&Readiness::Failed {
+                    error: format!("installing signal handlers: {e}"),
+                });
+                return exit::MAP_FAILED;
+            }
+        }
+    };
     let io_timeout = req
         .request
         .options
@@ -267,6 +301,15 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         mapping,
         record: m.paths.record(),
     });
+    // Split the device's requests where FUSE splits them (max_write), so that each loop
+    // request is one FUSE request and one librbd request. Writing max_sectors_kb freezes
+    // the queue (tens of ms), so it happens after readiness; until then requests are
+    // merely split differently.
+    if let Some(dev) = &m.dev
+        && let Err(e) = dev.set_max_request_kb(fusefs::MAX_WRITE / 1024)
+    {
+        log!("note: {}", super::chain(&e));
+    }
 
     let interval = req
         .check_interval_ms
@@ -276,7 +319,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
                 .clamp(Duration::from_secs(1), DEFAULT_CHECK_INTERVAL)
         })
         .max(Duration::from_millis(100));
-    let stop = rt.block_on(m.run(interval, forced.clone()));
+    let stop = rt.block_on(m.run(interval, signals, forced.clone()));
     log!("stopping: {}", stop.describe());
     let errors = m.teardown(&stop, &forced);
     for e in &errors {
@@ -321,6 +364,9 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
 impl Mapper {
     fn setup(&mut self, req: &ServeRequest, io_timeout: u32) -> Result<Mapping, String> {
         let r = &req.request;
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
+        let mark = |what, steps: &mut Vec<(&str, Duration)>| steps.push((what, t0.elapsed()));
         if r.image_id.is_empty() {
             return Err("no image id given: mappings are made by image id".into());
         }
@@ -351,6 +397,7 @@ impl Mapper {
         }
         let rados = Rados::connect(&opts)
             .map_err(|e| format!("connecting to the cluster as client.{id}: {e}"))?;
+        mark("connect", &mut steps);
         self.addr = rados.getaddrs().ok().and_then(|v| v.primary().copied());
         self.rados = Some(rados.clone());
         let mut io = rados
@@ -366,6 +413,7 @@ impl Mapper {
         }
         let image = Image::open_by_id(&io, &r.image_id, &oo)
             .map_err(|e| format!("opening image id {} ({}): {e}", r.image_id, r.spec()))?;
+        mark("open", &mut steps);
         let name = image.name().unwrap_or_else(|_| r.image.clone());
         if name != r.image {
             log!(
@@ -423,6 +471,7 @@ impl Mapper {
                 .map_err(|e| format!("starting the FUSE session: {e}"))?,
         );
 
+        mark("fuse", &mut steps);
         // Loop device.
         let file_path = self.paths.fuse_file();
         let file = std::fs::OpenOptions::new()
@@ -443,11 +492,6 @@ impl Mapper {
         )
         .map_err(|e| super::chain(&e))?;
         drop(file);
-        // Split the device's requests where FUSE splits them (max_write), so that each
-        // loop request is one FUSE request and one librbd request.
-        if let Err(e) = dev.set_max_request_kb(fusefs::MAX_WRITE / 1024) {
-            log!("note: {}", super::chain(&e));
-        }
         let device = dev.path();
         self.dev = Some(dev);
 
@@ -472,23 +516,30 @@ impl Mapper {
             io_timeout_secs: io_timeout,
             created: unix_now(),
         };
+        mark("loop", &mut steps);
         record::write_json(&self.paths.record(), &rec).map_err(|e| super::chain(&e))?;
         self.record_written = true;
+        log!(
+            "set up in {} ms ({})",
+            t0.elapsed().as_millis(),
+            steps
+                .iter()
+                .map(|(w, d)| format!("{w} at {} ms", d.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         Ok(rec.mapping(Some(me)))
     }
 
     /// Serves until something says stop.
-    async fn run(&mut self, interval: Duration, forced: Arc<AtomicBool>) -> Stop {
-        use tokio::signal::unix::{SignalKind, signal};
+    async fn run(&mut self, interval: Duration, signals: Signals, forced: Arc<AtomicBool>) -> Stop {
         let shared = self.shared.clone().expect("set up");
-        let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::user_defined1()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return Stop::Lost("cannot install signal handlers".into());
-        };
+        let Signals {
+            mut term,
+            mut int,
+            mut usr1,
+            mut hup,
+        } = signals;
         // Signals go to a task of their own that lives until the process exits, so a
         // SIGUSR1 during a graceful teardown still turns it into a forced one.
         let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -517,7 +568,9 @@ impl Mapper {
                 loop {
                     tokio::time::sleep(interval).await;
                     let r = rados.clone();
-                    let check = tokio::task::spawn_blocking(move || r.is_blocklisted(&addr));
+                    let check = tokio::task::spawn_blocking(move || {
+                        r.blocklist_ls().map(|l| l.iter().any(|e| fences(e, &addr)))
+                    });
                     match tokio::time::timeout(Duration::from_secs(15), check).await {
                         Ok(Ok(Ok(true))) => {
                             shared.fence(format!(
@@ -599,6 +652,8 @@ impl Mapper {
 
     /// Undoes everything that was set up; returns what failed.
     fn teardown(&mut self, stop: &Stop, forced: &AtomicBool) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
         let mut errors = Vec::new();
         let graceful = *stop == Stop::Unmap && !forced.load(Ordering::SeqCst);
         if !graceful && let Some(s) = &self.shared {
@@ -644,6 +699,7 @@ impl Mapper {
                 );
             }
         }
+        steps.push(("loop", t0.elapsed()));
         // 2. FUSE: lazy unmount (never blocks), then let the session threads finish.
         let mnt = self.paths.mountpoint();
         if self.mounted {
@@ -664,7 +720,7 @@ impl Mapper {
             };
             let deadline = Instant::now() + wait;
             while !session.guard.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(2));
             }
             if session.guard.is_finished() {
                 let _ = session.join();
@@ -677,6 +733,7 @@ impl Mapper {
             }
         }
         let _ = std::fs::remove_dir(&mnt);
+        steps.push(("fuse", t0.elapsed()));
         // 3. The image: release the lock, close. Bounded: a fenced client may never hear
         // back from the cluster.
         if let Some(b) = self.backend.take() {
@@ -697,7 +754,7 @@ impl Mapper {
             };
             let deadline = Instant::now() + wait;
             while outstanding() > 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(2));
             }
             let fenced = matches!(stop, Stop::Fenced(_));
             if outstanding() > 0 {
@@ -747,6 +804,7 @@ impl Mapper {
                 }
             }
         }
+        steps.push(("image", t0.elapsed()));
         // 4. The connection: shut down with a deadline, or leave it to the exit.
         if let Some(rados) = self.rados.take()
             && let Err(e) = bounded(
@@ -757,6 +815,7 @@ impl Mapper {
         {
             log!("{e}");
         }
+        steps.push(("connection", t0.elapsed()));
         // 5. The record.
         if self.record_written {
             if let Err(e) = std::fs::remove_file(self.paths.record()) {
@@ -765,7 +824,45 @@ impl Mapper {
             self.record_written = false;
         }
         let _ = std::fs::remove_file(self.paths.asok());
+        log!(
+            "torn down in {} ms ({})",
+            t0.elapsed().as_millis(),
+            steps
+                .iter()
+                .map(|(w, d)| format!("{w} at {} ms", d.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         errors
+    }
+}
+
+/// True when a blocklist entry fences the client at `addr`: its exact instance, its whole
+/// host (port and nonce 0), or a CIDR range holding its IP.
+pub(crate) fn fences(e: &rbd_core::BlocklistEntry, addr: &EntityAddr) -> bool {
+    use std::net::IpAddr;
+    if !e.range {
+        return e.addr.same_instance(addr) || (e.addr.is_whole_host() && e.addr.ip == addr.ip);
+    }
+    let prefix = e.addr.nonce;
+    match (e.addr.ip, addr.ip) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) if prefix <= 32 => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            u32::from(net) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(ip)) if prefix <= 128 => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix)
+            };
+            u128::from(net) & mask == u128::from(ip) & mask
+        }
+        _ => false,
     }
 }
 
@@ -782,4 +879,43 @@ pub fn sibling_binary(exe: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: &str, range: bool) -> rbd_core::BlocklistEntry {
+        rbd_core::BlocklistEntry {
+            addr: addr.parse().unwrap(),
+            range,
+            until: None,
+            until_raw: String::new(),
+        }
+    }
+
+    #[test]
+    fn blocklist_entries_that_fence_us() {
+        let me: EntityAddr = "127.0.0.1:0/3141".parse().unwrap();
+        assert!(fences(&entry("127.0.0.1:0/3141", false), &me));
+        assert!(fences(&entry("v1:127.0.0.1:0/3141", false), &me));
+        assert!(
+            !fences(&entry("127.0.0.1:0/3142", false), &me),
+            "another instance"
+        );
+        assert!(
+            fences(&entry("127.0.0.1:0/0", false), &me),
+            "the whole host"
+        );
+        assert!(!fences(&entry("127.0.0.2:0/0", false), &me));
+        // Ranges: the nonce is the prefix length.
+        assert!(fences(&entry("127.0.0.0:0/8", true), &me));
+        assert!(fences(&entry("127.0.0.1:0/32", true), &me));
+        assert!(!fences(&entry("10.0.0.0:0/8", true), &me));
+        assert!(fences(&entry("0.0.0.0:0/0", true), &me));
+        let v6: EntityAddr = "[fd00::5]:0/7".parse().unwrap();
+        assert!(fences(&entry("[fd00::]:0/64", true), &v6));
+        assert!(!fences(&entry("[fd01::]:0/64", true), &v6));
+        assert!(!fences(&entry("127.0.0.0:0/8", true), &v6));
+    }
 }

@@ -58,14 +58,16 @@ pub(crate) type IoFuture<T> = Pin<Box<dyn Future<Output = Result<T, IoError>> + 
 pub(crate) trait BlockBackend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset` (short only at the end of the device).
     fn read(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>>;
-    /// Writes `data` at `offset`; returns the bytes written.
-    fn write(&self, offset: u64, data: Vec<u8>) -> IoFuture<usize>;
-    /// Deallocates a range (reads return zeroes afterwards).
-    fn discard(&self, offset: u64, len: u64) -> IoFuture<()>;
-    /// Zeroes a range.
+    /// Writes `data` at `offset` (copied before this returns); returns the bytes
+    /// written.
+    fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize>;
+    /// Zeroes a range; whole backing objects in it may be deallocated (thin). Used for
+    /// both FUSE hole punching and zero ranges: a punched hole must read back as zeros.
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()>;
     /// Makes completed writes durable.
     fn flush(&self) -> IoFuture<()>;
+    /// Takes back a buffer that [`BlockBackend::read`] returned, once replied.
+    fn recycle(&self, _buf: Vec<u8>) {}
 }
 
 /// Counters, for the log.
@@ -534,6 +536,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         self.shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         let io = self.backend.read(offset, len as usize);
         let shared = self.shared.clone();
+        let backend = self.backend.clone();
         self.shared.submit(io, move |r| match r {
             Ok(buf) => {
                 shared
@@ -541,6 +544,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
                     .bytes_read
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 reply.data(&buf);
+                backend.recycle(buf);
             }
             Err(e) => reply.error(e),
         });
@@ -571,7 +575,7 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
             return reply.error(Errno::ENOSPC);
         };
         self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-        let io = self.backend.write(offset, data[..len as usize].to_vec());
+        let io = self.backend.write(offset, &data[..len as usize]);
         let shared = self.shared.clone();
         self.shared.submit(io, move |r| match r {
             Ok(n) => {
@@ -651,7 +655,12 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         let io = match op {
             // Preallocation: thin-provisioned, nothing to do.
             0 => return reply.ok(),
-            libc::FALLOC_FL_PUNCH_HOLE if keep => self.backend.discard(offset, len),
+            // A punched hole must read back as zeros, and the loop driver turns both
+            // discards and write-zeroes requests into PUNCH_HOLE. librbd's discard skips
+            // the unaligned edges of a range (rbd_discard_granularity_bytes), so those
+            // would keep their old data: zero the range instead. rbd_aio_write_zeroes
+            // still deallocates the whole objects it covers, so thin provisioning stays.
+            libc::FALLOC_FL_PUNCH_HOLE if keep => self.backend.write_zeroes(offset, len),
             libc::FALLOC_FL_ZERO_RANGE => self.backend.write_zeroes(offset, len),
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
@@ -745,10 +754,11 @@ mod tests {
                 Ok(buf)
             })
         }
-        fn write(&self, offset: u64, data: Vec<u8>) -> IoFuture<usize> {
+        fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize> {
+            let data = data.to_vec();
             self.run(move |f| f.write_all_at(&data, offset).map(|()| data.len()))
         }
-        fn discard(&self, offset: u64, len: u64) -> IoFuture<()> {
+        fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
             self.run(move |f| {
                 nix::fcntl::fallocate(
                     std::os::fd::AsRawFd::as_raw_fd(f),
@@ -759,9 +769,6 @@ mod tests {
                 )
                 .map_err(std::io::Error::from)
             })
-        }
-        fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
-            self.discard(offset, len)
         }
         fn flush(&self) -> IoFuture<()> {
             self.run(|f| f.sync_data())

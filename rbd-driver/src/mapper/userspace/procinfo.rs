@@ -45,7 +45,7 @@ pub(crate) fn wait_gone(pid: u32, start: u64, timeout: Duration) -> bool {
             return false;
         }
         std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(50));
+        nap = (nap * 2).min(Duration::from_millis(5));
     }
 }
 

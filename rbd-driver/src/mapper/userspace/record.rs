@@ -9,8 +9,8 @@
 //! | `<token>.exit.json` | the mapper, just before it exits | the [`ExitReport`] |
 //! | `<token>.asok` | librados | the mapper's Ceph admin socket |
 //!
-//! Records are written atomically (temp file, fsync, rename) and removed by the mapper
-//! when it exits cleanly.
+//! Records are written atomically (temp file, rename) and removed by the mapper when it
+//! exits cleanly.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -173,7 +173,9 @@ pub fn valid_token(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Writes `value` as JSON to `path` atomically (temp file, fsync, rename).
+/// Writes `value` as JSON to `path` atomically (temp file, rename). Not fsynced: these
+/// files describe running processes and devices, none of which survive a crash of the
+/// host.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(value).map_err(|e| DriverError::CorruptState {
@@ -184,7 +186,6 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&body)?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
