@@ -76,6 +76,7 @@ pub use driver::{
 pub use index::{EntryState, IndexEntry, VolumeIndex};
 pub use name::validate_volume_name;
 pub use recover::{RecoveryAction, RecoveryReport};
+pub use remove::{RemoveOptions, RemoveReport};
 pub use spec::{
     AccessMode, CreateSpec, FormatAt, OPTION_KEYS, SnapshotSource, VolumeDefaults,
     parse_volume_size,
