@@ -747,3 +747,73 @@ fn fence_that_cannot_blocklist_fails_naming_the_client_and_breaks_nothing() {
     );
     locker.image().unlock("rexray").unwrap();
 }
+
+/// A forced claim takes the image from a live holder that will not give it up: node A's
+/// daemon answers pings but refuses even a forced release (as one in the middle of an
+/// operation does), and A's mapping holds the exclusive lock. Without force: a refusal
+/// naming A and its mount ID, nothing fenced. With force: A was asked with force, then its
+/// mapping was fenced (exactly its address, the lock broken, logged) and B holds the
+/// image; A's daemon connection stays usable.
+#[test]
+fn forced_claim_fences_a_live_holder_that_will_not_release() {
+    let Some(conf) = conf() else { return };
+    let ns = test_namespace();
+    let t = TestImage::create(&conf, "coord-force", &ns);
+    let a = node(&conf, "node-a", &ns);
+    let b = node(&conf, "node-b", &ns);
+    let h = HungNode::start(&conf, &t, &ns, false);
+    register_hung(&a, &t, &h);
+    let asked: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let seen = asked.clone();
+    let server = a
+        .serve(
+            POOL,
+            Arc::new(move |req: &ReleaseRequest| {
+                seen.lock().unwrap().push(req.force);
+                ReleaseOutcome::InUse {
+                    mount_ids: vec!["ctr-1".into()],
+                    reason: "an operation on the volume is in progress".into(),
+                }
+            }),
+        )
+        .unwrap();
+
+    let e = b
+        .claim(&t.image_ref(), Mode::Rw, &ClaimOptions::default())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, DriverError::InUse { .. }), "{e:?}");
+    assert!(msg.contains("node node-a refused"), "{msg}");
+    assert!(msg.contains("ctr-1"), "{msg}");
+    assert!(!t.admin.is_blocklisted(&h.mapping_addr).unwrap());
+    assert_eq!(*asked.lock().unwrap(), vec![false]);
+
+    let claim = b
+        .claim(
+            &t.image_ref(),
+            Mode::Rw,
+            &ClaimOptions {
+                force: true,
+                ..ClaimOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(*asked.lock().unwrap(), vec![false, true]);
+    let reason = &claim.fenced[0].record.reason;
+    assert!(
+        reason.contains("forced takeover: node node-a refused to release it even when forced"),
+        "{reason}"
+    );
+    assert!(reason.contains("ctr-1"), "{reason}");
+    assert_fenced_takeover(&b, &t, &h, &claim);
+    // A's daemon (a separate connection) was not fenced and still answers.
+    assert!(!t.admin.is_blocklisted(&addr_of(a.rados())).unwrap());
+    assert_eq!(
+        b.control(POOL)
+            .unwrap()
+            .ping(a.node(), Duration::from_secs(2))
+            .unwrap(),
+        PingResult::Alive
+    );
+    server.stop();
+}

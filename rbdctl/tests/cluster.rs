@@ -469,6 +469,66 @@ fn daemon_answers_release_requests_and_reconcile_cleans_a_fenced_volume() {
     let t = run(with(&["reconcile"])).ok().stdout();
     assert!(t.contains("node cli-n1: 0 local mappings"), "{t}");
 
+    // Take-over from another node: attached again on cli-n1, `volume rm` on cli-n2 is
+    // refused (exit 5) naming cli-n1, the mount ID and --take-over; with --take-over,
+    // cli-n1's daemon releases it (unmounts it) and the volume is removed.
+    let mp = driver.attach(&vol, "m2", None).unwrap();
+    let n2 = root.join("n2");
+    let n2args: Vec<String> = vec![
+        "--node-id".into(),
+        "cli-n2".into(),
+        "--state-dir".into(),
+        n2.join("state").display().to_string(),
+        "--mount-root".into(),
+        n2.join("mounts").display().to_string(),
+        "--run-dir".into(),
+        n2.join("run").display().to_string(),
+        "--umap-bin".into(),
+        umap.display().to_string(),
+        "--backend".into(),
+        "userspace".into(),
+    ];
+    let on_n2 = |base: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend(n2args.iter().cloned());
+        v
+    };
+    // (volume commands take the registry namespace from the environment)
+    let run_n2 = |args: Vec<String>| {
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(env!("CARGO_BIN_EXE_rbdctl"))
+            .arg("-c")
+            .arg(&e.conf)
+            .args(&args)
+            .env("RBD_REGISTRY_NAMESPACE", &ns)
+            .env_remove("RBD_PLUGIN_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        common::Run::from_output(o)
+    };
+    let r = run_n2(on_n2(&["volume", "rm", &vol])).code(5);
+    for want in ["node cli-n1 refused", "m2", "--take-over"] {
+        assert!(r.err.contains(want), "{} lacks {want}", r.err);
+    }
+    assert!(mount_at_path(&mp), "a refused remove unmounted it");
+    let r = run_n2(on_n2(&[
+        "volume",
+        "rm",
+        &vol,
+        "--take-over",
+        "--format",
+        "json",
+    ]))
+    .ok()
+    .json();
+    assert_eq!(r["removed"], vol.as_str(), "{r}");
+    assert_eq!(r["released_by"], serde_json::json!(["cli-n1"]), "{r}");
+    assert_eq!(r["fenced"], serde_json::json!([]), "{r}");
+    assert!(!mount_at_path(&mp), "cli-n1 still has it mounted");
+    assert!(!store.load().unwrap().volumes.contains_key(&vol));
+
     // SIGTERM stops it cleanly.
     // SAFETY: kill(2) on the pid of the child we spawned and still own (not yet reaped).
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -485,5 +545,12 @@ fn daemon_answers_release_requests_and_reconcile_cleans_a_fenced_volume() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
-    driver.remove(&vol, false).unwrap();
+}
+
+/// Whether `mp` is a mountpoint now (`/proc/self/mountinfo`).
+fn mount_at_path(mp: &std::path::Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mp.display().to_string();
+    mi.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }

@@ -20,6 +20,17 @@ use crate::volume::name::validate_volume_name;
 use crate::volume::spec::AccessMode;
 use crate::volume::state::{Phase, VolumeState};
 
+/// How [`Driver::attach_with`] attaches a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Read-only or read-write; `None`: the volume's access option.
+    pub mode: Option<AccessMode>,
+    /// Take the volume from another node even while it uses it: that node is asked to
+    /// release it by force (unmounting it from under its containers), and fenced if it
+    /// still does not release it (refuses, fails, hangs).
+    pub take_over: bool,
+}
+
 /// What [`Driver::detach_with_report`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DetachReport {
@@ -167,6 +178,26 @@ impl Driver {
         mount_id: &str,
         mode: Option<AccessMode>,
     ) -> Result<AttachReport> {
+        self.attach_with(
+            name,
+            mount_id,
+            &AttachOptions {
+                mode,
+                ..AttachOptions::default()
+            },
+        )
+    }
+
+    /// [`Driver::attach_with_report`] with options: with [`AttachOptions::take_over`], a
+    /// node that holds the volume and uses it is forced to release it, and fenced if it
+    /// does not; without, its refusal names it.
+    pub fn attach_with(
+        &self,
+        name: &str,
+        mount_id: &str,
+        opts: &AttachOptions,
+    ) -> Result<AttachReport> {
+        let mode = opts.mode;
         let t0 = Instant::now();
         validate_volume_name(name)?;
         validate_mount_id(mount_id)?;
@@ -268,7 +299,7 @@ impl Driver {
             .filter_map(|m| m.client_addr)
             .collect();
         let tc = Instant::now();
-        let claim = self.claim_image(name, &current, read_only, protect)?;
+        let claim = self.claim_image(name, &current, read_only, protect, opts.take_over)?;
         report.timings.claim_ms = ms(tc);
         report.claim = Some(claim);
         report.warnings.extend(self.daemon_warning(&current.pool));

@@ -375,13 +375,16 @@ impl Driver {
     }
 
     /// Claims `image` for volume `name` in the mode of the attach; `protect` are this
-    /// node's own mapping addresses of the image (never fenced).
+    /// node's own mapping addresses of the image (never fenced). With `take_over`, a node
+    /// that uses it is forced to release it, and fenced if it does not
+    /// ([`ClaimOptions::force`]); without, its refusal names it and says how to force it.
     pub(super) fn claim_image(
         &self,
         name: &str,
         image: &ImageRef,
         read_only: bool,
         protect: Vec<EntityAddr>,
+        take_over: bool,
     ) -> Result<Claim> {
         let mode = mode_of(read_only);
         let mut holder = HolderRecord::new(self.node().clone(), mode);
@@ -392,11 +395,26 @@ impl Driver {
                 image,
                 mode,
                 &ClaimOptions {
+                    force: take_over,
                     protect,
                     holder: Some(holder),
                     ..ClaimOptions::default()
                 },
             )
+            .map_err(|e| match e {
+                DriverError::InUse { volume, detail }
+                    if !take_over && detail.starts_with("node ") =>
+                {
+                    DriverError::InUse {
+                        volume,
+                        detail: format!(
+                            "{detail}; to take it anyway (its containers there lose the \
+                             volume), use take-over (rbdctl: --take-over)"
+                        ),
+                    }
+                }
+                e => e,
+            })
             .map_err(|e| volume_error(name, e))
     }
 

@@ -67,7 +67,7 @@ mod remove;
 pub mod spec;
 pub mod state;
 
-pub use attach::DetachReport;
+pub use attach::{AttachOptions, DetachReport};
 pub use cluster::{AttachReport, AttachTimings, NodeReconcileReport, ReconcileOptions};
 pub use driver::{
     ClientInfo, Driver, DriverConfig, LocalAttachment, VolumeInfo, VolumeStatus, hostname,

@@ -85,6 +85,10 @@ pub struct RemoveOptions {
     /// (unprotecting them if needed). Never forces other nodes or clients, and never
     /// removes snapshots that have clones.
     pub force: bool,
+    /// Take the volume from other nodes even while they use it: each holder is asked to
+    /// release it by force (unmounting it from under its containers), and one that still
+    /// does not release it (refuses, fails, hangs) is fenced.
+    pub take_over: bool,
 }
 
 /// What [`Driver::remove_with`] did.
@@ -215,7 +219,7 @@ impl Driver {
         };
         // Claim it read-write cluster-wide: live holders release it or refuse (naming their
         // node and mount IDs), silent ones are fenced.
-        report.claim = Some(self.claim_image(name, &current, false, Vec::new())?);
+        report.claim = Some(self.claim_image(name, &current, false, Vec::new(), opts.take_over)?);
         let res = self.remove_claimed(name, force, &se, &io);
         // Gone or not, this node does not hold it any more.
         self.forget(&current, "removed");
