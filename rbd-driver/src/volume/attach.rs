@@ -613,6 +613,15 @@ impl Driver {
     /// Whether a recorded attachment is intact: mounted at its mountpoint and its image
     /// still mapped here (found by image id).
     pub(super) fn healthy(&self, v: &VolumeState) -> Result<bool> {
+        self.healthy_in(v, None)
+    }
+
+    /// [`Self::healthy`], judged first against `listed` (this node's mappings, listed
+    /// once for a whole pass) when given. Only a "healthy" verdict is taken from it: a
+    /// mapping made after the listing (an attach that finished meanwhile) is missing
+    /// there, so "unhealthy" is confirmed against a fresh listing before anyone acts on
+    /// it.
+    pub(super) fn healthy_in(&self, v: &VolumeState, listed: Option<&[Mapping]>) -> Result<bool> {
         let mounted = fs_format::is_mountpoint(&v.mountpoint).unwrap_or(false);
         if !mounted {
             return Ok(false);
@@ -620,11 +629,20 @@ impl Driver {
         // A mapping served by a process (userspace, nbd) is only alive with its process;
         // a dead mapper's device is listed with no pid and fails every I/O.
         let alive = |m: &Mapping| m.backend == crate::mapper::Backend::Krbd || m.pid.is_some();
+        let ok = |maps: &mut dyn Iterator<Item = &Mapping>| {
+            let mut maps = maps.filter(|m| m.is_image(&v.pool, &v.namespace, &v.image_id));
+            match &v.device {
+                Some(d) => maps.any(|m| &m.device == d && alive(m)),
+                None => maps.any(alive),
+            }
+        };
+        if let Some(l) = listed
+            && ok(&mut l.iter())
+        {
+            return Ok(true);
+        }
         let maps = self.local_mappings(&v.pool, &v.namespace, &v.image_id)?;
-        Ok(match &v.device {
-            Some(d) => maps.iter().any(|m| &m.device == d && alive(m)),
-            None => maps.iter().any(alive),
-        })
+        Ok(ok(&mut maps.iter()))
     }
 
     /// Drops `mount_id`'s reference. The last reference unmounts (falling back to a lazy

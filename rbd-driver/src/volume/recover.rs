@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{DriverError, Result};
-use crate::mapper;
+use crate::mapper::{self, Mapping};
 use crate::volume::driver::Driver;
 use crate::volume::index::EntryState;
 use crate::volume::lock::try_lock_volume;
@@ -65,6 +65,12 @@ impl Driver {
     ///
     /// [`Driver::new`] runs it; run it again any time (it is idempotent).
     pub fn recover(&self) -> Result<RecoveryReport> {
+        self.recover_listed(None)
+    }
+
+    /// [`Self::recover`], with this node's mappings already listed for the pass (healthy
+    /// attachments are recognised without listing again).
+    pub(super) fn recover_listed(&self, listed: Option<&[Mapping]>) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         let st = self.load_state()?;
         let names: BTreeSet<String> = st
@@ -77,7 +83,7 @@ impl Driver {
             match try_lock_volume(self.store.dir(), &name)? {
                 None => report.busy.push(name),
                 Some(_l) => {
-                    if let Err(e) = self.recover_name(&name, &mut report) {
+                    if let Err(e) = self.recover_name_listed(&name, &mut report, listed) {
                         report.errors.push(format!("{name}: {e}"));
                     }
                 }
@@ -94,9 +100,21 @@ impl Driver {
 
     /// Recovers one volume; the caller holds its lock.
     pub(super) fn recover_name(&self, name: &str, report: &mut RecoveryReport) -> Result<()> {
+        self.recover_name_listed(name, report, None)
+    }
+
+    fn recover_name_listed(
+        &self,
+        name: &str,
+        report: &mut RecoveryReport,
+        listed: Option<&[Mapping]>,
+    ) -> Result<()> {
         let st = self.load_state()?;
         if let Some(v) = st.volumes.get(name).cloned() {
-            if v.phase == Phase::Mounted && !v.mount_ids.is_empty() && self.healthy(&v)? {
+            if v.phase == Phase::Mounted
+                && !v.mount_ids.is_empty()
+                && self.healthy_in(&v, listed)?
+            {
                 // A snapshot that died between freeze and thaw leaves the fs frozen.
                 if thaw(&v.mountpoint) {
                     report.act(
