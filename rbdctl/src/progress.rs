@@ -1,5 +1,5 @@
-//! Progress bars for long operations, drawn on stderr only when stderr is a terminal and
-//! `--no-progress` is not given. Stdout carries only the command's result.
+//! Progress bars for long operations, drawn on stderr only when both stdout and stderr are
+//! terminals and `--no-progress` is not given. Stdout carries only the command's result.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -23,9 +23,20 @@ pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
-/// Whether progress bars are drawn for this invocation.
+/// Whether progress bars are drawn for this invocation: only when both stdout and stderr
+/// are terminals (output piped or redirected, e.g. `--format json | jq` or a log file,
+/// gets no bar), and `--no-progress` is not given.
 pub fn enabled(cli: &Cli) -> bool {
-    !cli.no_progress && std::io::stderr().is_terminal()
+    draw(
+        cli.no_progress,
+        std::io::stdout().is_terminal(),
+        std::io::stderr().is_terminal(),
+    )
+}
+
+/// The rule of [`enabled`].
+fn draw(no_progress: bool, stdout_tty: bool, stderr_tty: bool) -> bool {
+    !no_progress && stdout_tty && stderr_tty
 }
 
 impl Progress {

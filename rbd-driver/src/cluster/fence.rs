@@ -34,6 +34,10 @@ pub struct FenceOptions {
     /// Addresses never to fence, in addition to this connection's own (e.g. this node's
     /// own mappings of the image).
     pub protect: Vec<EntityAddr>,
+    /// Fence only these addresses (one node's registered mappings, for an operator who
+    /// fences that node's hold only): every other client of the image is spared, keeps
+    /// its locks, and may stay. `None`: every client but ours and protected ones.
+    pub only: Option<(String, Vec<EntityAddr>)>,
 }
 
 impl Default for FenceOptions {
@@ -43,6 +47,7 @@ impl Default for FenceOptions {
             verify_timeout: Duration::from_secs(5),
             allow_whole_host: false,
             protect: Vec::new(),
+            only: None,
         }
     }
 }
@@ -208,6 +213,12 @@ pub fn fence_image(
         }
         if is_in(&a, &own) {
             spared.push((a, "our own address".to_owned()));
+        } else if let Some((whose, only)) = &opts.only
+            && !is_in(&a, only)
+        {
+            // Not a target: spared, its locks kept, allowed to stay.
+            spared.push((a, format!("not registered to {whose}")));
+            protect.push(a);
         } else if is_in(&a, &protect) {
             spared.push((a, "protected".to_owned()));
         } else if a.is_whole_host() && !opts.allow_whole_host {

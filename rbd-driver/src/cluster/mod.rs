@@ -437,6 +437,16 @@ impl Cluster {
         fence_image(&self.rados, &reg, &self.cfg.node_id, target, &fopts)
     }
 
+    /// Fences only `target.addrs`, the registered addresses of `node` (operator request
+    /// for one node's hold): every other client of the image is spared, with why
+    /// ([`FenceOptions::only`]).
+    pub fn fence_node_hold(&self, target: &FenceTarget, node: &NodeId) -> Result<FenceOutcome> {
+        let reg = self.registry(&target.image.pool)?;
+        let mut fopts = self.cfg.fence.clone();
+        fopts.only = Some((format!("node {node}"), target.addrs.clone()));
+        fence_image(&self.rados, &reg, &self.cfg.node_id, target, &fopts)
+    }
+
     /// Reconciles every local mapping; with `scan_pools`, also reports registry entries
     /// of ours with no local mapping.
     pub fn check(
