@@ -170,9 +170,23 @@ impl Resp {
     }
 }
 
+/// The content type of every answer of the plugin protocol.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
 /// Sends `method path` with `body` over the unix socket at `sock` (deadline `limit`).
+/// Every answer, whatever the endpoint or status, must carry the protocol's content type:
+/// this checks it for every call of every test.
 pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) -> Resp {
-    try_http(sock, method, path, body, limit).unwrap_or_else(|e| panic!("{e}"))
+    let r = try_http(sock, method, path, body, limit).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.content_type,
+        CONTENT_TYPE,
+        "{method} {path} answered {} with content type {:?}: {}",
+        r.status,
+        r.content_type,
+        text(&r.body)
+    );
+    r
 }
 
 /// [`http`], with failures returned instead of panicking.
@@ -661,13 +675,19 @@ pub struct DockerEnv {
 impl DockerEnv {
     /// Needs `CEPH_CONF`, `DOCKER_HOST` (the dev dockerd gates these tests) and root.
     pub fn setup(prefix: &str) -> Option<DockerEnv> {
+        Self::setup_with(prefix, |_| {})
+    }
+
+    /// [`DockerEnv::setup`], with the plugin's settings changed by `f` before it starts.
+    pub fn setup_with(prefix: &str, f: impl FnOnce(&mut PluginSpec)) -> Option<DockerEnv> {
         let conf = testkit::ceph_conf()?;
         testkit::docker_host()?;
         if !testkit::require_root() {
             return None;
         }
         let dir = TempDir::new(prefix);
-        let spec = PluginSpec::new(&conf, dir.path());
+        let mut spec = PluginSpec::new(&conf, dir.path());
+        f(&mut spec);
         let plugin = Plugin::start(&spec);
         let spec_file = SpecFile::new(&testkit::unique("rbd"), &plugin.socket);
         let dockerd = Dockerd::start();

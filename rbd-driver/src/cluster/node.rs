@@ -127,7 +127,7 @@ mod tests {
         for ok in [
             "a",
             "node-1",
-            "db1.example.com",
+            "db1.example.invalid",
             "n_2",
             "A9",
             "x".repeat(253).as_str(),
