@@ -464,11 +464,18 @@ fn a_failed_format_at_create_rolls_back_and_attach_applies_options_and_fsck() {
     cfg.defaults.format_at = FormatAt::Create;
     cfg.defaults.fsck_on_attach = true;
     let d = env.driver_with(cfg.clone());
-    // xfs needs 300 MiB: mkfs fails on 64 MiB, so the create fails after the image was
-    // made and mapped. Everything is rolled back.
+    // A 1 GiB log does not fit in a 320 MiB xfs: mkfs fails, so the create fails after
+    // the image was made and mapped. Everything is rolled back.
     let name = env.name("fail");
     let e = d
-        .create(&name, &spec(&[("size", "64M"), ("fstype", "xfs")]))
+        .create(
+            &name,
+            &spec(&[
+                ("size", "320M"),
+                ("fstype", "xfs"),
+                ("mkfs-options", "-l size=1g"),
+            ]),
+        )
         .unwrap_err();
     assert!(
         e.to_string().contains("mkfs") || format!("{e:?}").contains("mkfs.xfs"),
