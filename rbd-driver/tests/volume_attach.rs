@@ -7,7 +7,7 @@ mod volume_support;
 
 use rbd_core::{Image, OpenOptions};
 use rbd_driver::DriverError;
-use rbd_driver::volume::{AccessMode, FormatAt, Phase};
+use rbd_driver::volume::{AccessMode, Driver, FormatAt, OWNER_FILE, Phase};
 use volume_support::attach::{
     assert_detached, fs_size, mappings, mount_at, node_config, pid_alive, sha256, write_file,
 };
@@ -455,6 +455,97 @@ fn recovery_unmounts_and_unmaps_an_attachment_the_state_file_lost() {
     );
     assert_detached(&env, &cfg, &name, &id, &pids);
     d.remove(&name, false).unwrap();
+}
+
+/// A driver with another state dir on the same mount root (e.g. rbdctl with other
+/// settings than the plugin's) would take the first one's mounts for orphans and tear
+/// them down in its recovery. It refuses to start instead, naming both state dirs, and
+/// touches nothing; recovery also leaves alone mounts that are not this node's mappings.
+#[test]
+fn a_second_state_dir_on_the_same_mount_root_is_refused_and_touches_nothing() {
+    let Some(env) = env(true) else { return };
+    let cfg_a = node_config(&env, "a");
+    let a = env.driver_with(cfg_a.clone());
+    let name = env.name("own");
+    let id = a.create(&name, &spec(&[("size", "32M")])).unwrap().image_id;
+    let mp = a.attach(&name, "m1", None).unwrap();
+    let sum = write_file(&mp.join("data.bin"), 1 << 20, 3);
+    let maps = mappings(&cfg_a, POOL, &id);
+    assert_eq!(maps.len(), 1);
+
+    let mut cfg_b = node_config(&env, "b");
+    cfg_b.mount_root = cfg_a.mount_root.clone();
+    let intact = || {
+        assert!(mount_at(&mp).is_some(), "{} was unmounted", mp.display());
+        assert_eq!(sha256(&mp.join("data.bin")), sum);
+        assert_eq!(mappings(&cfg_a, POOL, &id), maps);
+        let st = env.state(&cfg_a);
+        assert_eq!(
+            st.volumes[&name].mount_ids.iter().collect::<Vec<_>>(),
+            vec!["m1"]
+        );
+    };
+    let refused = |e: DriverError, dirs: &[&std::path::PathBuf]| {
+        let msg = e.to_string();
+        assert!(matches!(e, DriverError::InvalidInput { .. }), "{msg}");
+        for dir in dirs {
+            let d = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
+            assert!(
+                msg.contains(d.to_str().unwrap()),
+                "{msg} lacks {}",
+                d.display()
+            );
+        }
+    };
+    // The mount root's owner file names a's state dir.
+    refused(
+        Driver::new(cfg_b.clone()).unwrap_err(),
+        &[&cfg_a.state_dir, &cfg_b.state_dir],
+    );
+    intact();
+    // Without the owner file (a mount root from before it existed), b still refuses:
+    // a's mount is unknown to b's state.
+    std::fs::remove_file(cfg_a.mount_root.join(OWNER_FILE)).unwrap();
+    let e = Driver::new(cfg_b.clone()).unwrap_err();
+    assert!(e.to_string().contains(name.as_str()), "{e}");
+    refused(e, &[&cfg_b.state_dir]);
+    intact();
+    // a itself reclaims it.
+    drop(a);
+    let a = env.driver_with(cfg_a.clone());
+    assert!(cfg_a.mount_root.join(OWNER_FILE).is_file());
+    intact();
+
+    // Recovery of a only tears down orphans that are its own mappings: a tmpfs that
+    // someone mounted under the mount root stays.
+    let stranger = cfg_a.mount_root.join("stranger");
+    std::fs::create_dir_all(&stranger).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &stranger,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    let rep = a.recover().unwrap();
+    let still = mount_at(&stranger).is_some();
+    let _ = nix::mount::umount2(&stranger, nix::mount::MntFlags::MNT_DETACH);
+    assert!(
+        still,
+        "recovery unmounted a mount that is not a mapping: {rep:?}"
+    );
+    assert!(
+        rep.errors
+            .iter()
+            .any(|e| e.contains("stranger") && e.contains("left alone")),
+        "{rep:?}"
+    );
+    intact();
+
+    a.detach(&name, "m1").unwrap();
+    assert_detached(&env, &cfg_a, &name, &id, &[]);
+    a.remove(&name, false).unwrap();
 }
 
 #[test]
