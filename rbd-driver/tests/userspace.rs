@@ -1082,3 +1082,147 @@ fn unaligned_discard_and_zeroout_read_back_as_zeros() {
     drop(image);
     fx.mapper.unmap(&m, false).unwrap();
 }
+
+/// Binds placeholder loop devices (on `backing`, autoclear: they go when dropped) to
+/// every free loop device numbered below `want`, so that the next map gets
+/// `/dev/loop<want>`. `None` when `want` itself was taken meanwhile.
+fn hold_loops_below(want: u32, backing: &Path) -> Option<Vec<loopdev::LoopDevice>> {
+    let opts = loopdev::AttachOptions {
+        read_only: true,
+        direct_io: false,
+        require_direct_io: false,
+        autoclear: true,
+        block_size: 0,
+    };
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let d = loopdev::LoopDevice::attach(backing, &opts).unwrap();
+        match d.number().cmp(&want) {
+            std::cmp::Ordering::Less => held.push(d),
+            // The lowest free device is the one we want: give it back for the map.
+            std::cmp::Ordering::Equal => {
+                d.detach().unwrap();
+                return Some(held);
+            }
+            std::cmp::Ordering::Greater => return None,
+        }
+    }
+    None
+}
+
+/// A mapper killed with SIGKILL leaves its record and its dead FUSE mount; once nobody
+/// holds its loop device, the device is freed and a new mapping (here: the same image
+/// mapped again, as a reattach after the crash would) may get the same number. The dead
+/// record must then never claim that device: `list` shows the device once, for the live
+/// mapping, and unmapping the dead mapping cleans up only what the dead mapper left.
+#[test]
+fn a_dead_mappers_record_never_claims_its_reused_loop_device() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-reuse", 16 * MIB);
+    let filler = fx.run.path().join("filler.img");
+    File::create(&filler).unwrap().set_len(MIB).unwrap();
+    let entry_of = |pid: u32| {
+        fx.mapper
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.record.pid == pid)
+    };
+    let mut attempts = 0;
+    let (dead, live) = loop {
+        attempts += 1;
+        let m1 = fx.map(&img);
+        let pid1 = m1.pid.unwrap();
+        let fuse1 = entry_of(pid1).unwrap().record.fuse_file;
+        direct_write(&m1.device, 0, &pattern(61, 65536)).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid1 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(wait_until(Duration::from_secs(5), || !proc_alive(pid1)));
+        // Its watch would linger until the OSD times it out.
+        fx.blocklist(&m1.client_addr.unwrap());
+        // Nobody holds the device: autoclear frees it.
+        let n = loopdev::parse_device(&m1.device).unwrap();
+        assert!(loopdev::wait_detached(n, &fuse1, Duration::from_secs(10)));
+        let held = hold_loops_below(n, &filler);
+        let m2 = fx.map(&img);
+        drop(held);
+        if m2.device == m1.device {
+            break (m1, m2);
+        }
+        // Another process took the device meanwhile: clean up and try again.
+        fx.mapper.unmap(&m2, false).unwrap();
+        let leftover = Mapping {
+            pid: None,
+            device: PathBuf::new(),
+            ..m1.clone()
+        };
+        fx.mapper.unmap(&leftover, true).unwrap();
+        assert!(attempts < 5, "could not get {} reused", m1.device.display());
+    };
+    let pid1 = dead.pid.unwrap();
+    let pid2 = live.pid.unwrap();
+    let dead_entry = entry_of(pid1).unwrap();
+    assert_eq!(
+        dead_entry.state,
+        EntryState::Dead {
+            loop_bound: false,
+            fuse_mounted: true
+        }
+    );
+    assert!(!dead_entry.owns_device());
+    assert_eq!(entry_of(pid2).unwrap().state, EntryState::Running);
+
+    // The device is listed once: for the live mapping. The dead one is still listed (its
+    // client may need fencing, its FUSE mount cleaning), without a device.
+    let list = fx.mapper.list().unwrap();
+    let on_device: Vec<&Mapping> = list.iter().filter(|m| m.device == live.device).collect();
+    assert_eq!(on_device, vec![&live], "{list:#?}");
+    let listed_dead = list
+        .iter()
+        .find(|m| m.pid.is_none() && m.client_addr == dead.client_addr)
+        .expect("the dead mapping is listed")
+        .clone();
+    assert_eq!(listed_dead.device, PathBuf::new());
+    assert_eq!(listed_dead.image_id, img.id);
+    // So is it by image id (what the volume layer looks for).
+    let by_id = mapper::find_by_image_id(&fx.cfg(), POOL, "", &img.id).unwrap();
+    assert_eq!(
+        by_id.iter().filter(|m| m.device == live.device).count(),
+        1,
+        "{by_id:#?}"
+    );
+
+    // Unmapping the dead mapping, as listed now, cleans up its leftovers only.
+    fx.mapper.unmap(&listed_dead, true).unwrap();
+    let dead_paths = fx.paths(&dead_entry.record.token);
+    assert!(!dead_paths.record().exists());
+    assert!(!is_mounted(&dead_paths.mountpoint()));
+    // As listed before the device was reused (device set, no pid): no dead record is
+    // left, so it is refused, and the live mapping is untouched either way.
+    let stale = Mapping {
+        pid: None,
+        ..dead.clone()
+    };
+    assert!(matches!(
+        fx.mapper.unmap(&stale, true),
+        Err(DriverError::Map { .. })
+    ));
+    assert!(proc_alive(pid2), "the live mapper was killed");
+    let n = loopdev::parse_device(&live.device).unwrap();
+    let live_entry = entry_of(pid2).unwrap();
+    assert_eq!(
+        loopdev::backing_file(n),
+        Some(live_entry.record.fuse_file.clone())
+    );
+    direct_write(&live.device, MIB, &pattern(62, 65536)).unwrap();
+    assert_eq!(
+        direct_read(&live.device, 0, 65536).unwrap(),
+        pattern(61, 65536)
+    );
+    assert_eq!(fx.mapper.list().unwrap(), vec![live.clone()]);
+    fx.mapper.unmap(&live, false).unwrap();
+    fx.assert_gone(&live, &live_entry.record.token);
+}

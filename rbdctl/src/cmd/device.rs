@@ -483,8 +483,9 @@ pub fn unmap(cli: &Cli, node: &NodeArgs, a: &UnmapArgs) -> CliResult {
                     .unwrap_or_default()
             )));
         }
-        // A dead mapper's record can still name a device that a live mapping reuses
-        // (its loop device was released when it died): the device is the live one's.
+        // Should a dead mapper's record name a device that a live mapping reuses, the
+        // device is the live one's. (The userspace mapper lists such a record without a
+        // device; this guards every backend.)
         let (live, dead): (Vec<Mapping>, Vec<Mapping>) = found
             .into_iter()
             .partition(|m| m.pid.is_some() || m.backend == rbd_driver::mapper::Backend::Krbd);
