@@ -1226,3 +1226,178 @@ fn a_dead_mappers_record_never_claims_its_reused_loop_device() {
     fx.mapper.unmap(&live, false).unwrap();
     fx.assert_gone(&live, &live_entry.record.token);
 }
+
+/// Cleans up after a test that maps from its own cluster: kills its mappers (by their
+/// own pids), detaches the loop devices on its files, unmounts its FUSE mounts.
+struct OwnRunDir {
+    run: tempfile::TempDir,
+    mapper: UserspaceMapper,
+}
+
+impl Drop for OwnRunDir {
+    fn drop(&mut self) {
+        for e in self.mapper.entries().unwrap_or_default() {
+            if proc_alive(e.record.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(e.record.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                wait_until(Duration::from_secs(5), || !proc_alive(e.record.pid));
+            }
+        }
+        let dir = record::dir(self.run.path());
+        if let Ok(loops) = loopdev::list() {
+            for l in loops.iter().filter(|l| l.backing_file.starts_with(&dir)) {
+                let _ = loopdev::detach(l.number);
+            }
+        }
+        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for l in mi.lines() {
+                if let Some(mp) = l.split(' ').nth(4)
+                    && Path::new(mp).starts_with(self.run.path())
+                {
+                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+/// When the cluster stops answering (here: the only OSD of a cluster of the test's own
+/// is stopped), every I/O fails with EIO at its deadline, and once nothing has reached
+/// the cluster for longer than `give_up_after_secs` the mapper fails all I/O, tears the
+/// mapping down and exits with its own status, saying why. The I/O runs on a thread
+/// with a hard limit, so the test cannot hang.
+#[test]
+fn an_unreachable_cluster_makes_the_mapper_give_up_and_exit() {
+    // Gated like every Ceph test; the cluster used is a private one, so stopping its OSD
+    // disturbs no other test.
+    let Some(_shared) = testkit::ceph_conf() else {
+        return;
+    };
+    if !testkit::require_root() {
+        return;
+    }
+    const GIVE_UP: u32 = 10;
+    let cluster = testkit::cluster::PrivateCluster::start();
+    let conf = cluster.conf().to_path_buf();
+    let rados = Rados::connect(
+        &ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(Timeouts::uniform(Duration::from_secs(20))),
+    )
+    .expect("connect to the private cluster");
+    let io = rados.ioctx(POOL).unwrap();
+    let name = testkit::unique("umap-gone");
+    rbd_core::rbd::create(&io, &name, 16 * MIB, &ImageOptions::new()).unwrap();
+    let id = rbd_core::rbd::image_id_by_name(&io, &name).unwrap();
+    let run = tempfile::Builder::new()
+        .prefix("umap-g")
+        .tempdir_in("/run")
+        .unwrap();
+    let mapper = UserspaceMapper::new(&MapperConfig {
+        run_dir: run.path().to_path_buf(),
+        umap_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_rbd-umap"))),
+        ..MapperConfig::default()
+    })
+    .with_check_interval(Duration::from_millis(500));
+    let own = OwnRunDir {
+        run,
+        mapper: mapper.clone(),
+    };
+    let m = mapper
+        .map(&MapRequest {
+            pool: POOL.into(),
+            namespace: String::new(),
+            image: name.clone(),
+            image_id: id,
+            snap: None,
+            read_only: false,
+            exclusive: false,
+            auth: CephAuth {
+                conf: conf.clone(),
+                id: "admin".into(),
+                keyring: None,
+            },
+            options: MapOptions {
+                io_timeout_secs: Some(IO_TIMEOUT),
+                give_up_after_secs: Some(GIVE_UP),
+                ..MapOptions::default()
+            },
+        })
+        .unwrap();
+    let pid = m.pid.unwrap();
+    let token = mapper
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.record.pid == pid)
+        .unwrap()
+        .record
+        .token;
+    let paths = Paths::new(own.run.path(), &token);
+    direct_write(&m.device, 0, &pattern(71, 1 << 20)).unwrap();
+    assert_eq!(direct_read(&m.device, 0, 4096).unwrap(), pattern(71, 4096));
+
+    cluster.stop("osd.0");
+    let stopped = Instant::now();
+    // Keep writing, with the device open, until the mapper is gone.
+    let dev = m.device.clone();
+    let limit = Duration::from_secs(u64::from(GIVE_UP) + 45);
+    let (writes, _) = testkit::cmd::bounded(limit, move || {
+        let f = open_direct(&dev, true).unwrap();
+        let a = Aligned::from(&pattern(72, 4096));
+        let mut out = Vec::new();
+        while proc_alive(pid) && stopped.elapsed() < Duration::from_secs(40) {
+            let t = Instant::now();
+            let r = f.write_all_at(a.as_ref(), 8192);
+            out.push((t.elapsed(), r.map_err(|e| e.raw_os_error())));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        out
+    })
+    .expect("I/O on a mapping of an unreachable cluster hung");
+    let gone_after = stopped.elapsed();
+    eprintln!(
+        "mapper gone {gone_after:?} after the OSD stopped; {} writes, each failed in {:?}",
+        writes.len(),
+        writes.iter().map(|w| w.0).collect::<Vec<_>>()
+    );
+    assert!(
+        !proc_alive(pid),
+        "the mapper still runs after {gone_after:?}"
+    );
+    assert!(!writes.is_empty());
+    for (took, r) in &writes {
+        assert_eq!(*r, Err(Some(libc::EIO)), "{writes:?}");
+        assert!(
+            *took < Duration::from_secs(u64::from(IO_TIMEOUT) + 3),
+            "an I/O took {took:?}: {writes:?}"
+        );
+    }
+    assert!(
+        gone_after >= Duration::from_secs(u64::from(GIVE_UP))
+            && gone_after < Duration::from_secs(u64::from(GIVE_UP) + 25),
+        "the mapper exited {gone_after:?} after the OSD stopped"
+    );
+    // It exited cleanly, with its own status, saying why.
+    let report: record::ExitReport =
+        serde_json::from_slice(&std::fs::read(paths.exit()).unwrap()).unwrap();
+    assert_eq!(report.code, exit::UNREACHABLE, "{report:?}");
+    assert!(report.reason.contains("unreachable"), "{report:?}");
+    let log = std::fs::read_to_string(paths.log()).unwrap();
+    assert!(log.contains("stopping: unreachable"), "{log}");
+    assert!(!paths.record().exists());
+    assert!(!is_mounted(&paths.mountpoint()));
+    let n = loopdev::parse_device(&m.device).unwrap();
+    assert!(loopdev::wait_detached(
+        n,
+        &paths.fuse_file(),
+        Duration::from_secs(10)
+    ));
+    assert!(mapper.list().unwrap().is_empty());
+    drop(own);
+    drop(io);
+    drop(rados);
+    drop(cluster);
+}

@@ -7,7 +7,7 @@
 //! rbd-map-probe check BACKEND
 //! rbd-map-probe map BACKEND --pool P --image I --image-id ID [--namespace NS] [--snap S]
 //!               [--read-only] [--exclusive] [--share] [--lock-on-read] [--queue-depth N]
-//!               [--io-timeout SECS] [--ms-mode MODE] [--conf PATH] [--id ID] [--keyring PATH]
+//!               [--io-timeout SECS] [--give-up-after SECS] [--ms-mode MODE] [--conf PATH] [--id ID] [--keyring PATH]
 //! rbd-map-probe list BACKEND
 //! rbd-map-probe unmap BACKEND DEVICE [--force]
 //! common: [--run-dir DIR] [--sysfs DIR] [--rbd-nbd PATH]
@@ -34,7 +34,7 @@ struct Args {
     flags: Vec<(String, Option<String>)>,
 }
 
-const VALUED: [&str; 14] = [
+const VALUED: [&str; 15] = [
     "--pool",
     "--image",
     "--image-id",
@@ -42,6 +42,7 @@ const VALUED: [&str; 14] = [
     "--snap",
     "--queue-depth",
     "--io-timeout",
+    "--give-up-after",
     "--ms-mode",
     "--conf",
     "--id",
@@ -145,6 +146,7 @@ fn request(a: &Args) -> Result<MapRequest, String> {
             lock_on_read: a.has("--lock-on-read"),
             queue_depth: a.num("--queue-depth")?,
             io_timeout_secs: a.num("--io-timeout")?,
+            give_up_after_secs: a.num("--give-up-after")?,
             ms_mode: a.get("--ms-mode").map(str::to_owned),
         },
     })

@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 
+pub mod cluster;
+pub mod cmd;
 pub mod testbed;
 
 /// True when running under CI (`CI=true` or `CI=1`).
