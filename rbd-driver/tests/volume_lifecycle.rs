@@ -148,9 +148,17 @@ fn bad_names_are_rejected_and_nothing_is_created() {
         }
         env.assert_nothing(POOL, "", bad);
     }
-    // Nothing escaped under the mount root either.
+    // Nothing escaped under the mount root either (only its owner file is there).
     let cfg = env.config("a");
-    assert_eq!(std::fs::read_dir(&cfg.mount_root).unwrap().count(), 0);
+    let entries: Vec<String> = std::fs::read_dir(&cfg.mount_root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![rbd_driver::volume::OWNER_FILE.to_string()],
+        "{entries:?}"
+    );
     // (Other tests run in parallel, so compare loosely: we created nothing.)
     let after = rbd::list(&env.io(POOL, "")).unwrap();
     assert!(
