@@ -314,7 +314,11 @@ pub fn driver_config(cli: &Cli, node: &NodeArgs) -> CliResult<DriverConfig> {
 /// plugin's, when these settings differ from its), naming both: its recovery would take
 /// those mounts for orphans and tear them down (see `rbd_driver::volume::OWNER_FILE`).
 pub fn driver(cli: &Cli, node: &NodeArgs) -> CliResult<rbd_driver::volume::Driver> {
-    let cfg = driver_config(cli, node)?;
+    open_driver(driver_config(cli, node)?)
+}
+
+/// [`driver`] with a configuration already made (and adjusted) from [`driver_config`].
+pub fn open_driver(cfg: DriverConfig) -> CliResult<rbd_driver::volume::Driver> {
     let d = rbd_driver::volume::Driver::new(cfg)?;
     if let Some(r) = d.last_recovery() {
         for a in &r.actions {

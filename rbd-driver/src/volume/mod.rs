@@ -54,6 +54,7 @@
 //! ```
 
 mod attach;
+mod cluster;
 pub mod crash;
 mod create;
 mod driver;
@@ -68,6 +69,7 @@ pub mod spec;
 pub mod state;
 
 pub use attach::DetachReport;
+pub use cluster::{AttachReport, AttachTimings, NodeReconcileReport, ReconcileOptions};
 pub use driver::{
     ClientInfo, Driver, DriverConfig, LocalAttachment, VolumeInfo, VolumeStatus, hostname,
     validate_mount_id,
