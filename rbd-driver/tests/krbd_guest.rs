@@ -46,8 +46,12 @@ fn krbd_in_a_qemu_guest() {
     );
     assert_eq!(run.code, 0, "guest exit code; console:\n{}", run.console);
 
-    // Availability.
+    // Availability, and automatic selection: with the rbd module loaded, krbd comes first.
     assert!(run.step("check").ok(), "{:?}", run.step("check"));
+    let auto = run.step("checkAuto");
+    assert!(auto.ok(), "{auto:?}");
+    assert_eq!(auto.result()["selected"], "krbd", "{auto:?}");
+    assert_eq!(auto.json["backend"], "krbd", "{auto:?}");
 
     // The three mappings carry the image ids the host sees.
     let map_a = run.step("mapA");

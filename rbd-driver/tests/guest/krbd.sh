@@ -22,6 +22,8 @@ must() { case $out in *'"ok":true'*) ;; *) echo "@@ FAIL $1"; exit 1 ;; esac; }
 dev_of() { printf '%s' "$1" | sed -n 's/.*"device":"\([^"]*\)".*/\1/p'; }
 
 step check $P check krbd; must check
+# Automatic selection: the rbd module is loaded, so auto picks krbd.
+step checkAuto $P check auto; must checkAuto
 
 # A: msgr1 (no ms_mode), explicit keyring, exclusive lock, tuning options.
 step mapA $P map krbd --pool "$POOL" --image "$IMG_A" --image-id "$ID_A" \

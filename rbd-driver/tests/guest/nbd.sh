@@ -21,6 +21,11 @@ must() { case $out in *'"ok":true'*) ;; *) echo "@@ FAIL $1"; exit 1 ;; esac; }
 dev_of() { printf '%s' "$1" | sed -n 's/.*"device":"\([^"]*\)".*/\1/p'; }
 
 step check $P check nbd; must check
+# Automatic selection without krbd: the harness loaded the rbd module; unload it (nothing
+# is mapped yet) and auto must fall through to nbd, while krbd by name is refused.
+step rmmod_rbd rmmod rbd
+step checkKrbd $P check krbd
+step checkAuto $P check auto; must checkAuto
 
 # C: read-write, exclusive lock, I/O timeout, explicit keyring.
 step mapC $P map nbd --pool "$POOL" --image "$IMG_C" --image-id "$ID_C" \
@@ -50,8 +55,8 @@ step sha_readback sh -c "dd if=$DEV_C bs=1M skip=1 count=4 iflag=direct 2>/dev/n
 # The snapshot mapping is read-only.
 step snap_write_refused dd if=/tmp/data of="$DEV_CS" bs=1M count=1 oflag=direct
 
-# ext4 on D; unmap refused while mounted.
-step mapD $P map nbd --pool "$POOL" --image "$IMG_D" --image-id "$ID_D"; must mapD
+# ext4 on D, mapped with the automatic backend (nbd here); unmap refused while mounted.
+step mapD $P map auto --pool "$POOL" --image "$IMG_D" --image-id "$ID_D"; must mapD
 DEV_D=$(dev_of "$out")
 step mkfs mkfs.ext4 -q -F "$DEV_D"
 mkdir -p /mnt/d
