@@ -133,6 +133,31 @@ fn nbd_in_a_qemu_guest() {
             "{a} not among {watchers:?}"
         );
     }
+    // --exclusive: C's rbd-nbd owns the exclusive lock right after the map; D (not
+    // exclusive, no I/O yet) has no locker.
+    support::assert_lock_owner(run.step("lockC_map"), &addr_c, "rbd-nbd --exclusive");
+    assert!(
+        support::lockers(&run.step("lockD_map").out).is_empty(),
+        "{:?}",
+        run.step("lockD_map")
+    );
+    // --io-timeout 60 is the nbd device's request timeout; D, without it, has another.
+    let t_c = run.step("timeoutC");
+    assert_eq!(
+        t_c.out.trim(),
+        "60000",
+        "io_timeout (ms) of C's device: {t_c:?}"
+    );
+    let t_d = run.step("timeoutD");
+    assert!(
+        t_d.rc == 0 && t_d.out.trim().parse::<u64>().is_ok_and(|ms| ms != 60000),
+        "io_timeout (ms) of D's device, mapped without --io-timeout: {t_d:?}"
+    );
+    eprintln!(
+        "nbd guest: queue io_timeout with --io-timeout 60: {} ms, without: {} ms",
+        t_c.out.trim(),
+        t_d.out.trim()
+    );
     assert!(
         run.step("procs").out.contains("count=2"),
         "{:?}",

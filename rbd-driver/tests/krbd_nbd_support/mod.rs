@@ -214,6 +214,71 @@ pub fn watcher_addrs(status_json: &str) -> Vec<rbd_core::EntityAddr> {
         .collect()
 }
 
+/// Lockers from `rbd lock ls --format json` output: `(lock id, address)`. The
+/// exclusive-lock owner's id starts with `auto `.
+pub fn lockers(lock_ls_json: &str) -> Vec<(String, rbd_core::EntityAddr)> {
+    let v: Value = serde_json::from_str(lock_ls_json.trim())
+        .unwrap_or_else(|e| panic!("`rbd lock ls` printed no JSON ({e}): {lock_ls_json:?}"));
+    v.as_array()
+        .unwrap_or_else(|| panic!("`rbd lock ls` JSON is not a list: {v}"))
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap_or("").to_owned(),
+                l["address"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("locker without an address: {l}")),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that `addr` (a mapping's client address) is the image's one exclusive-lock owner.
+pub fn assert_lock_owner(step: &Step, addr: &rbd_core::EntityAddr, what: &str) {
+    assert_eq!(step.rc, 0, "{what}: {step:?}");
+    let l = lockers(&step.out);
+    assert_eq!(l.len(), 1, "{what}: one locker expected: {l:?}");
+    assert!(
+        l[0].0.starts_with("auto ") && l[0].1.same_instance(addr),
+        "{what}: the exclusive-lock owner is {:?}, not the mapping's client {addr}",
+        l[0]
+    );
+}
+
+/// Creates a RADOS namespace in a pool and removes it on drop (after the images in it:
+/// declare this guard before [`Images`]).
+pub struct Namespace {
+    pub conf: PathBuf,
+    pub pool: String,
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn create(conf: &Path, pool: &str, name: &str) -> Namespace {
+        ceph_cli(
+            conf,
+            "rbd",
+            &["namespace", "create", &format!("{pool}/{name}")],
+        );
+        Namespace {
+            conf: conf.to_path_buf(),
+            pool: pool.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ceph_cli_raw(
+            &self.conf,
+            "rbd",
+            &["namespace", "rm", &format!("{}/{}", self.pool, self.name)],
+        );
+    }
+}
+
 /// Removes the test images on drop (best effort: snapshots first).
 pub struct Images {
     pub conf: PathBuf,
