@@ -1154,7 +1154,10 @@ fn automatic_selection_picks_userspace_without_rbd_and_nbd_modules() {
     };
     match mapper::select(None, &none) {
         Err(DriverError::BackendUnavailable { reason, .. }) => {
-            assert!(reason.starts_with("no mapper backend is usable"), "{reason}");
+            assert!(
+                reason.starts_with("no mapper backend is usable"),
+                "{reason}"
+            );
             for want in ["krbd", "nbd", "userspace", "no-such-rbd-umap"] {
                 assert!(reason.contains(want), "{want:?} missing from {reason}");
             }

@@ -206,7 +206,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("rbd-map-probe: {e}");
-            eprintln!("usage: rbd-map-probe check|map|list|unmap krbd|nbd|userspace|auto [options]");
+            eprintln!(
+                "usage: rbd-map-probe check|map|list|unmap krbd|nbd|userspace|auto [options]"
+            );
             return ExitCode::from(2);
         }
     };
