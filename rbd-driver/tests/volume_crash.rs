@@ -50,7 +50,8 @@ pub fn run_op(
     if let Some(p) = crash_at {
         cmd.env(CRASH_ENV, p);
     }
-    let out = cmd.output().expect("running rbd-volume-op");
+    // Bounded: an operation that hangs fails the test instead of stalling it.
+    let out = testkit::output_within(&mut cmd, std::time::Duration::from_secs(300));
     if let Some(p) = crash_at {
         assert_eq!(
             out.status.signal(),

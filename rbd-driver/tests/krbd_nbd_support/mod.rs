@@ -150,14 +150,25 @@ pub fn run_guest(e: &Env, script: &Path, env: &[(&str, String)]) -> Run {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
     cmd.arg("--").arg(script);
+    let secs_var = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let qemu_timeout = secs_var("QEMU_GUEST_TIMEOUT", 420);
+    let lock_wait = secs_var("QEMU_GUEST_LOCK_WAIT", 900);
+    let build_timeout = secs_var("QEMU_GUEST_BUILD_TIMEOUT", 300);
     cmd.env("CEPH_CONF", &e.conf)
-        .env(
-            "QEMU_GUEST_TIMEOUT",
-            std::env::var("QEMU_GUEST_TIMEOUT").unwrap_or_else(|_| "420".into()),
-        )
-        .stdin(Stdio::null());
+        .env("QEMU_GUEST_TIMEOUT", qemu_timeout.to_string())
+        .env("QEMU_GUEST_LOCK_WAIT", lock_wait.to_string())
+        .env("QEMU_GUEST_BUILD_TIMEOUT", build_timeout.to_string());
+    // The harness bounds each of its phases (waiting for another guest, building the
+    // initramfs, running qemu); this bounds the whole, with a margin for the harness's own
+    // cleanup. Past it, the harness gets SIGTERM (its trap kills qemu), then SIGKILL.
+    let limit = std::time::Duration::from_secs(lock_wait + build_timeout + qemu_timeout + 60);
     let t = Instant::now();
-    let out = cmd.output().expect("running the qemu guest harness");
+    let out = testkit::output_within(&mut cmd, limit);
     let secs = t.elapsed().as_secs_f64();
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     let stderr = String::from_utf8_lossy(&out.stderr);

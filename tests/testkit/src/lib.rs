@@ -102,3 +102,145 @@ pub fn workspace_root() -> PathBuf {
         .map(PathBuf::from)
         .expect("testkit lives two levels below the workspace root")
 }
+
+/// Like [`Command::output`](std::process::Command::output) (stdin null, stdout and stderr
+/// captured), but bounded: when the child has not exited within `limit`, it gets `SIGTERM`
+/// (so scripts can run their cleanup traps), `SIGKILL` ten seconds later, and the test
+/// panics with what the child printed so far. No test waits on a child forever.
+///
+/// Also panics when the child exited but its output pipes stay open past the deadline (a
+/// grandchild that kept them).
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let deadline = Instant::now() + limit;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
+    // Readers append to shared buffers, so a timeout can still show the partial output.
+    let reader = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = Arc::clone(&buf);
+        let h = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => b.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        (buf, h)
+    };
+    let (out, out_h) = reader(Box::new(child.stdout.take().unwrap()));
+    let (err, err_h) = reader(Box::new(child.stderr.take().unwrap()));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let grace = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < grace && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{cmd:?} (pid {pid}) did not finish within {limit:?}: terminated\n\
+                     ---- stdout ----\n{}\n---- stderr ----\n{}",
+                    text(&out),
+                    text(&err)
+                );
+            }
+            Err(e) => panic!("waiting for {cmd:?} (pid {pid}): {e}"),
+        }
+    };
+    while !(out_h.is_finished() && err_h.is_finished()) {
+        if Instant::now() >= deadline {
+            panic!(
+                "{cmd:?} (pid {pid}) exited ({status}) but its output stayed open past \
+                 {limit:?} (a process it started holds it)\n---- stdout ----\n{}\n\
+                 ---- stderr ----\n{}",
+                text(&out),
+                text(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = out_h.join();
+    let _ = err_h.join();
+    std::process::Output {
+        status,
+        stdout: std::mem::take(&mut out.lock().unwrap()),
+        stderr: std::mem::take(&mut err.lock().unwrap()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn output_within_captures_like_output() {
+        let out = super::output_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    }
+
+    #[test]
+    fn output_within_terminates_a_child_past_its_limit() {
+        let dir = std::env::temp_dir().join(super::unique("testkit-term"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("trap-ran");
+        let script = format!(
+            "trap 'kill $! 2>/dev/null; echo cleaned > {m}; exit 143' TERM; echo started; sleep 60 & wait $!",
+            m = marker.display()
+        );
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(|| {
+            super::output_within(
+                Command::new("sh").args(["-c", &script]),
+                Duration::from_secs(1),
+            )
+        });
+        let took = t.elapsed();
+        let msg = r
+            .expect_err("a child past its limit must make the call panic")
+            .downcast::<String>()
+            .map(|s| *s)
+            .unwrap_or_default();
+        assert!(msg.contains("did not finish within 1s"), "{msg}");
+        assert!(msg.contains("started"), "partial stdout is shown: {msg}");
+        assert!(
+            took < Duration::from_secs(9),
+            "SIGTERM was enough: {took:?}"
+        );
+        // SIGTERM first: the child's trap ran.
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap_or_default(),
+            "cleaned\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
