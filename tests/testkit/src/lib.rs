@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 
+pub mod cluster;
 pub mod testbed;
 
 /// True when running under CI (`CI=true` or `CI=1`).
