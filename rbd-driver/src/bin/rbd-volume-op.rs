@@ -12,7 +12,7 @@
 //! rbd-volume-op [common] recover
 //! common: --conf PATH --state-dir DIR --mount-root DIR --run-dir DIR [--node ID]
 //!         [--id CLIENT] [--keyring PATH] [--pool POOL] [--backend B] [--umap-bin PATH]
-//!         [--format-at create|first-attach]
+//!         [--format-at create|first-attach] [--fsck-on-attach true|false]
 //! ```
 //!
 //! Output: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`; exit status 0 or 1
@@ -75,6 +75,12 @@ fn main() -> ExitCode {
         match b.parse() {
             Ok(b) => cfg.backend = Some(b),
             Err(e) => return usage(&e.to_string()),
+        }
+    }
+    if let Some(f) = flags.get("--fsck-on-attach") {
+        match f.parse() {
+            Ok(f) => cfg.defaults.fsck_on_attach = f,
+            Err(_) => return usage(&format!("--fsck-on-attach {f}: expected true or false")),
         }
     }
     if let Some(f) = flags.get("--format-at") {
