@@ -224,6 +224,11 @@ pub fn bytes(p: &Path) -> &[u8] {
 
 /// Whether this process has capability number `cap` in its effective set.
 pub fn has_capability(cap: u32) -> bool {
+    cap_eff().is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
+/// This process's effective capability mask (`CapEff` in `/proc/self/status`).
+pub fn cap_eff() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -231,5 +236,4 @@ pub fn has_capability(cap: u32) -> bool {
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
-        .is_some_and(|mask| mask & (1u64 << cap) != 0)
 }
