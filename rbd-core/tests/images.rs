@@ -426,6 +426,12 @@ fn data_pool_holds_the_data_objects() {
     img.write_at(5 * MIB, b"in the data pool").unwrap();
     img.flush().unwrap();
     let prefix = img.block_name_prefix().unwrap();
+    // With a data pool the prefix also names the image's own pool
+    // (`rbd_data.<pool id>.<image id>`), which can be longer than rbd_stat's fixed
+    // 24-byte field: stat must not truncate it.
+    let pool_id = t.io.pool_id();
+    assert_eq!(prefix, format!("rbd_data.{pool_id}.{}", img.id().unwrap()));
+    assert_eq!(img.stat().unwrap().block_name_prefix, prefix);
     let objs = common::cli(&conf, "rados", &["-p", &data_pool, "ls"]);
     assert!(
         objs.lines()

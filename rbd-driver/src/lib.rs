@@ -40,6 +40,7 @@
 //! ```
 
 pub mod cluster;
+pub mod daemon;
 pub mod error;
 pub mod mapper;
 pub mod volume;

@@ -7,6 +7,7 @@ mod volume_support;
 
 use rbd_core::{Image, OpenOptions};
 use rbd_driver::DriverError;
+use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
 use rbd_driver::volume::{AccessMode, FormatAt, Phase};
 use volume_support::attach::{
     assert_detached, fs_size, mappings, mount_at, node_config, pid_alive, sha256, write_file,
@@ -138,9 +139,13 @@ fn two_mount_ids_share_one_mount_and_the_last_detach_unmaps() {
 fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     let Some(env) = env(true) else { return };
     let cfg = node_config(&env, "a");
-    let a = env.driver_with(cfg.clone());
+    let a = std::sync::Arc::new(env.driver_with(cfg.clone()));
     let cfg_b = node_config(&env, "b");
-    let b = env.driver_with(cfg_b.clone());
+    let b = std::sync::Arc::new(env.driver_with(cfg_b.clone()));
+    // Each node runs its daemon: it answers the other's release requests (a node without
+    // one is taken for dead, and fenced).
+    let _daemon_a = NodeDaemon::start(a.clone(), DaemonOptions::default()).unwrap();
+    let _daemon_b = NodeDaemon::start(b.clone(), DaemonOptions::default()).unwrap();
     let name = env.name("busy");
     let id = a.create(&name, &spec(&[("size", "32M")])).unwrap().image_id;
     let mp = a.attach(&name, "ctr-1", None).unwrap();
@@ -154,7 +159,8 @@ fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     for want in ["test-a", "ctr-1", "ctr-2", &mp.display().to_string()] {
         assert!(msg.contains(want), "{msg} lacks {want}");
     }
-    // Remove from another node: names the mapping's client and address.
+    // Remove from another node: node a's daemon refuses, naming the node, its mount IDs
+    // and the mapping's client address.
     let addr = mappings(&cfg, POOL, &id)[0]
         .client_addr
         .expect("the userspace mapper reports its client address")

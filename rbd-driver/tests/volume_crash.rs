@@ -41,6 +41,8 @@ pub fn run_op(
         .arg(&cfg.mapper.run_dir)
         .arg("--node")
         .arg(&cfg.node_id)
+        .arg("--cluster-namespace")
+        .arg(&cfg.cluster.namespace)
         .args(["--backend", "userspace"])
         .env_remove(CRASH_ENV);
     if let Some(b) = &cfg.mapper.umap_bin {

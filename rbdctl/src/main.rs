@@ -9,6 +9,10 @@
 //! rbdctl clone db1@before-upgrade db1-test
 //! rbdctl export db1@before-upgrade - | gzip > db1.img.gz
 //! rbdctl fence ls
+//! rbdctl registry ls
+//! rbdctl watchers db1
+//! rbdctl reconcile --dry-run
+//! rbdctl daemon            # the node daemon, on hosts that use only the CLI
 //! ```
 
 // Doc comments on the argument types are clap's help text and use rbd's spec notation,
@@ -148,7 +152,8 @@ pub enum Command {
     /// Enable or disable image features (exclusive-lock, object-map, fast-diff, ...).
     #[command(subcommand)]
     Feature(cmd::image::FeatureCmd),
-    /// Blocklist (fence) client addresses: ls, add, rm.
+    /// Fencing: the blocklist and the fence log (ls, add, rm), and fencing an image's
+    /// clients by hand (image).
     #[command(subcommand)]
     Fence(cmd::fence::FenceCmd),
     /// Map an image (or snapshot) to a local block device; prints the device.
@@ -203,6 +208,20 @@ pub enum Command {
         #[command(flatten)]
         node: node::NodeArgs,
     },
+    /// The cluster-wide mapping registry: who maps which image (by id), rw or ro, with
+    /// device, exact client address and mount IDs.
+    #[command(subcommand)]
+    Registry(cmd::cluster::RegistryCmd),
+    /// An image's clients: watchers, lock owner, registry holders (node, device, mount
+    /// IDs) and whether each is fenced.
+    Watchers(cmd::cluster::WatchersArgs),
+    /// Run the reconcile check on this node: every local mapping against the cluster
+    /// (image gone, held by another node, client blocklisted, mapper gone), cleaning what
+    /// is stale (unless --dry-run).
+    Reconcile(cmd::daemon::ReconcileArgs),
+    /// Run the node daemon (for hosts that use only the CLI; the Docker plugin runs its
+    /// own): answer other nodes' release requests, reconcile periodically.
+    Daemon(cmd::daemon::DaemonArgs),
     /// Measure I/O on an image, like `rbd bench` (writes change its data).
     Bench(cmd::bench::BenchArgs),
     /// Print library and cluster versions.
@@ -292,6 +311,10 @@ fn run(cli: &Cli) -> CliResult {
         Command::Volume(a) => cmd::volume::run(cli, a),
         Command::Mount { args, node } => cmd::mount::mount(cli, node, args),
         Command::Umount { args, node } => cmd::mount::umount(cli, node, args),
+        Command::Registry(c) => cmd::cluster::registry(cli, c),
+        Command::Watchers(a) => cmd::cluster::watchers(cli, a),
+        Command::Reconcile(a) => cmd::daemon::reconcile(cli, a),
+        Command::Daemon(a) => cmd::daemon::daemon(cli, a),
         Command::Bench(a) => cmd::bench::bench(cli, a),
         Command::Version => cmd::version(cli),
         Command::Completions { shell } => {

@@ -314,7 +314,11 @@ pub fn driver_config(cli: &Cli, node: &NodeArgs) -> CliResult<DriverConfig> {
 /// the settings do not match the ones that mounted them (e.g. the Docker plugin's), and
 /// the driver's recovery would take those mounts for orphans and tear them down.
 pub fn driver(cli: &Cli, node: &NodeArgs) -> CliResult<rbd_driver::volume::Driver> {
-    let cfg = driver_config(cli, node)?;
+    open_driver(driver_config(cli, node)?)
+}
+
+/// [`driver`] with a configuration already made (and adjusted) from [`driver_config`].
+pub fn open_driver(cfg: DriverConfig) -> CliResult<rbd_driver::volume::Driver> {
     check_state_matches_mounts(&cfg)?;
     let d = rbd_driver::volume::Driver::new(cfg)?;
     if let Some(r) = d.last_recovery() {

@@ -172,7 +172,8 @@ pub(crate) fn time_t_to_system(t: sys::time_t) -> SystemTime {
 }
 
 impl Image {
-    /// Size, object size, object count, order and block name prefix (`rbd_stat`).
+    /// Size, object size, object count, order (`rbd_stat`) and block name prefix
+    /// (`rbd_get_block_name_prefix`).
     pub fn stat(&self) -> Result<ImageInfo> {
         let mut info = sys::rbd_image_info_t {
             size: 0,
@@ -192,13 +193,14 @@ impl Image {
             )
         };
         check(ret, "rbd_stat", || self.ctx())?;
-        let prefix: Vec<u8> = info.block_name_prefix.iter().map(|&c| c as u8).collect();
         Ok(ImageInfo {
             size: info.size,
             obj_size: info.obj_size,
             num_objs: info.num_objs,
             order: u8::try_from(info.order).unwrap_or(0),
-            block_name_prefix: from_buf(&prefix),
+            // rbd_stat's field is 24 bytes and librbd truncates longer prefixes into it
+            // (a data pool adds `<pool id>.`), so ask for the whole one.
+            block_name_prefix: self.block_name_prefix()?,
         })
     }
 

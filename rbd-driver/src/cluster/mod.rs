@@ -33,6 +33,12 @@
 //!
 //! # Wiring into the node daemon and the volume driver
 //!
+//! Implemented by [`crate::volume`] (the driver's attach, detach, create, remove, release
+//! and reconcile paths, see its `cluster` wiring and [`Driver::reconcile`]) and
+//! [`crate::daemon::NodeDaemon`]; `docs/cluster.md` in the repository gives the overview.
+//!
+//! [`Driver::reconcile`]: crate::volume::Driver::reconcile
+//!
 //! * **Daemon start**: `Cluster::new(daemon_connection, ClusterConfig::new(node_id))`
 //!   (the daemon's own connection, never a mapping's: mappings are the ones fenced). For
 //!   every pool with volumes: [`Cluster::serve`] with a [`ReleaseHandler`] that asks the
@@ -118,6 +124,55 @@ impl ClusterConfig {
             server: ServerOptions::default(),
             fence: FenceOptions::default(),
             claim_rounds: 4,
+        }
+    }
+}
+
+/// The cluster layer's settings other than the node id (what a node's configuration
+/// carries, e.g. [`DriverConfig::cluster`](crate::volume::DriverConfig::cluster)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// RADOS namespace for the registry and control objects ([`NAMESPACE`]). Every node of
+    /// a cluster must use the same one.
+    pub namespace: String,
+    /// How long a holder has to answer a ping before it counts as silent.
+    pub ping_timeout: Duration,
+    /// How long a live holder has to release an image.
+    pub release_timeout: Duration,
+    /// The control server's watch settings.
+    pub server: ServerOptions,
+    /// Fencing settings.
+    pub fence: FenceOptions,
+    /// How many register/release/fence rounds a claim tries.
+    pub claim_rounds: u32,
+}
+
+impl Default for ClusterOptions {
+    /// The defaults of [`ClusterConfig::new`].
+    fn default() -> Self {
+        let c = ClusterConfig::new(NodeId::new("default").expect("a valid node id"));
+        Self {
+            namespace: c.namespace,
+            ping_timeout: c.ping_timeout,
+            release_timeout: c.release_timeout,
+            server: c.server,
+            fence: c.fence,
+            claim_rounds: c.claim_rounds,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The configuration of `node_id` with `opts`.
+    pub fn with_options(node_id: NodeId, opts: &ClusterOptions) -> Self {
+        Self {
+            node_id,
+            namespace: opts.namespace.clone(),
+            ping_timeout: opts.ping_timeout,
+            release_timeout: opts.release_timeout,
+            server: opts.server,
+            fence: opts.fence.clone(),
+            claim_rounds: opts.claim_rounds,
         }
     }
 }

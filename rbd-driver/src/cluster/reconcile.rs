@@ -39,6 +39,14 @@ pub enum StaleReason {
         /// The entry's mode.
         mode: Mode,
     },
+    /// The process that served the mapping (userspace mapper, rbd-nbd) is gone: every I/O
+    /// on the device fails. Found by the volume layer (a device its state file records
+    /// that no mapper lists any more, or a listed mapping without a live process), not by
+    /// [`classify`].
+    MapperGone {
+        /// The device.
+        device: PathBuf,
+    },
     /// The mapping's client address is on the OSD blocklist (it was fenced).
     Blocklisted {
         /// The mapping's address.
@@ -56,6 +64,11 @@ impl std::fmt::Display for StaleReason {
                 let n: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
                 write!(f, "the image is registered {mode} to node {}", n.join(", "))
             }
+            StaleReason::MapperGone { device } => write!(
+                f,
+                "the mapper process serving {} is gone (every I/O on it fails)",
+                device.display()
+            ),
             StaleReason::Blocklisted { addr, entry } => {
                 write!(f, "its client {addr} is blocklisted ({entry})")
             }

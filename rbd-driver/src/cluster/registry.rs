@@ -797,6 +797,24 @@ impl Registry {
             .collect())
     }
 
+    /// Removes the fence records with these ids (e.g. after their blocklist entries were
+    /// lifted by hand); returns how many of them existed.
+    pub fn remove_fences(&self, ids: &[String]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let present = self
+            .fences(true)?
+            .into_iter()
+            .filter(|r| ids.contains(&r.id))
+            .count();
+        match self.io.omap_rm_keys(FENCE_OBJECT, ids) {
+            Ok(()) => Ok(present),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(DriverError::ceph("removing records from the fence log", e)),
+        }
+    }
+
     /// Removes expired fence records; returns how many.
     pub fn prune_fences(&self) -> Result<usize> {
         let now = now_ms();

@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fs_format::{FsType, MkfsOptions, MountOptions, Probe, UnmountOutcome};
 use rbd_core::{EntityAddr, Image, OpenOptions};
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::{DriverError, Result};
 use crate::mapper::{self, MapRequest, Mapping};
+use crate::volume::cluster::{AttachReport, AttachTimings, ms};
 use crate::volume::crash::crash_point;
 use crate::volume::create::describe_watchers;
 use crate::volume::driver::{Driver, validate_mount_id};
@@ -139,25 +140,74 @@ impl Driver {
     /// Attaches a volume on this node for `mount_id` and returns its mountpoint
     /// (`<mount_root>/<name>`).
     ///
-    /// The first attach maps the image (read-write maps take the exclusive lock and are
-    /// refused while another client has the image open), probes it, formats it if blank,
-    /// optionally checks it, and mounts it. Further attaches by other mount IDs share the
-    /// mount (a reference count per mount ID in the state file); the same mount ID twice
-    /// is idempotent. `mode` `None` uses the volume's access option. A read-only request
+    /// First the reconcile check: this node's stale devices of the volume (of an older
+    /// image with the same name, of an image held by another node, fenced, or whose mapper
+    /// is gone) are cleaned. The first attach then claims the image cluster-wide (read-write
+    /// or read-only; holders elsewhere are asked to release it, and refuse while it is in
+    /// use, naming their node and mount IDs; silent ones are fenced), maps it (read-write
+    /// maps take the exclusive lock), records the device and the mapping's exact client
+    /// address in the registry, probes it, formats it if blank, optionally checks it, mounts
+    /// it and records the mount IDs. Further attaches by other mount IDs share the mount (a
+    /// reference count per mount ID in the state file); the same mount ID twice is
+    /// idempotent. `mode` `None` uses the volume's access option. A read-only request
     /// shares a read-write mount; a read-write request on a read-only mount is refused.
     ///
-    /// Each step is recorded before it runs; a failure undoes the steps done, a crash is
-    /// undone by recovery.
+    /// Each step is recorded before it runs; a failure undoes the steps done (and
+    /// unregisters), a crash is undone by recovery.
     pub fn attach(&self, name: &str, mount_id: &str, mode: Option<AccessMode>) -> Result<PathBuf> {
+        self.attach_with_report(name, mount_id, mode)
+            .map(|r| r.mountpoint)
+    }
+
+    /// [`Driver::attach`], saying what it did: stale devices cleaned, the claim (who
+    /// released, who was fenced), the device and client address, step timings.
+    pub fn attach_with_report(
+        &self,
+        name: &str,
+        mount_id: &str,
+        mode: Option<AccessMode>,
+    ) -> Result<AttachReport> {
+        let t0 = Instant::now();
         validate_volume_name(name)?;
         validate_mount_id(mount_id)?;
         let _lock = self.lock(name)?;
+        let mut timings = AttachTimings::default();
+        let loc = match self.locate(name) {
+            Ok(l) => l,
+            Err(e @ DriverError::NoSuchVolume(_)) => {
+                // Clean what this node still has of a removed volume of that name.
+                let (pool, ns) = (
+                    self.cfg.defaults.pool.clone(),
+                    self.cfg.defaults.namespace.clone(),
+                );
+                if let Err(err) = self.reconcile_name(name, &pool, &ns, None) {
+                    tracing::warn!("cleaning leftovers of removed volume {name}: {err}");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let current = Self::image_ref(&loc.entry.entry);
+        let tc = Instant::now();
+        let cleaned =
+            self.reconcile_name(name, &current.pool, &current.namespace, Some(&current))?;
+        timings.check_ms = ms(tc);
+        let mut report = AttachReport {
+            mountpoint: self.mountpoint_of(name),
+            shared: false,
+            cleaned,
+            claim: None,
+            device: None,
+            client_addr: None,
+            cleaned_locks: Vec::new(),
+            warnings: Vec::new(),
+            timings,
+        };
         let mut keep_ids = std::collections::BTreeSet::new();
         let st = self.load_state()?;
         if let Some(v) = st.volumes.get(name).cloned() {
             if v.phase == Phase::Mounted && self.healthy(&v)? {
                 if mode == Some(AccessMode::ReadWrite) && v.read_only {
-                    let loc = self.locate(name)?;
                     let meta = VolumeMeta::read(&self.open(name, &loc, true)?)?;
                     if meta.access.is_read_only() {
                         return Err(read_only_volume(name));
@@ -172,6 +222,7 @@ impl Driver {
                         ),
                     });
                 }
+                let mut v = v;
                 if !v.mount_ids.contains(mount_id) {
                     crash_point("attach:sharing");
                     self.store.update(|st| {
@@ -180,8 +231,16 @@ impl Driver {
                         }
                     })?;
                     crash_point("attach:shared");
+                    v.mount_ids.insert(mount_id.to_owned());
+                    let tr = Instant::now();
+                    self.register_mounts(&v);
+                    report.timings.register_ms = ms(tr);
                 }
-                return Ok(v.mountpoint);
+                report.shared = true;
+                report.device = v.device.clone();
+                report.mountpoint = v.mountpoint;
+                report.timings.total_ms = ms(t0);
+                return Ok(report);
             }
             // A broken or half-done attachment (its process died): undo it, keep the
             // references of a broken mount, and attach afresh.
@@ -194,17 +253,78 @@ impl Driver {
         }
         keep_ids.insert(mount_id.to_owned());
 
-        let loc = self.locate(name)?;
         let image = self.open(name, &loc, true)?;
         let meta = VolumeMeta::read(&image)?;
+        drop(image);
         let access = mode.unwrap_or(meta.access);
         if meta.access.is_read_only() && !access.is_read_only() {
             return Err(read_only_volume(name));
         }
         let read_only = access.is_read_only();
+
+        // Claim it cluster-wide. This node's remaining mappings of the image (none,
+        // normally) are never fenced.
+        let protect: Vec<EntityAddr> = self
+            .local_mappings(&current.pool, &current.namespace, &current.image_id)?
+            .iter()
+            .filter_map(|m| m.client_addr)
+            .collect();
+        let tc = Instant::now();
+        let claim = self.claim_image(name, &current, read_only, protect)?;
+        report.timings.claim_ms = ms(tc);
+        report.claim = Some(claim);
+        report.warnings.extend(self.daemon_warning(&current.pool));
+        let res = self.attach_claimed(
+            name,
+            &loc,
+            &meta,
+            read_only,
+            keep_ids,
+            &current,
+            &mut report,
+        );
+        match res {
+            Ok(()) => {
+                report.timings.total_ms = ms(t0);
+                Ok(report)
+            }
+            Err(e) => {
+                self.forget(&current, "its attach failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// The attach after a successful claim: check for clients outside the registry, map,
+    /// register the mapping, format and mount, register the mount IDs.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_claimed(
+        &self,
+        name: &str,
+        loc: &super::driver::Located,
+        meta: &VolumeMeta,
+        read_only: bool,
+        keep_ids: std::collections::BTreeSet<String>,
+        current: &crate::cluster::ImageRef,
+        report: &mut AttachReport,
+    ) -> Result<()> {
         if !read_only {
-            let w = self.foreign_watchers(&image)?;
-            let owners = self.lock_holders(&image);
+            // The registry is ours now; a client it does not know about (a process on
+            // some host that opened the image directly) still blocks a read-write map.
+            let image = self.open(name, loc, true)?;
+            let mut w = self.foreign_watchers(&image)?;
+            let mut owners = self.lock_holders(&image);
+            if !w.is_empty() || !owners.is_empty() {
+                // Clients on the blocklist are fenced: their watches go, and a lock they
+                // left behind is broken (they can never use it again).
+                let fenced = self.break_fenced_locks(name, loc)?;
+                if !fenced.is_empty() {
+                    report.cleaned_locks = fenced;
+                    let image = self.open(name, loc, true)?;
+                    w = self.foreign_watchers(&image)?;
+                    owners = self.lock_holders(&image);
+                }
+            }
             if !w.is_empty() || !owners.is_empty() {
                 let mut detail = Vec::new();
                 if !w.is_empty() {
@@ -216,14 +336,13 @@ impl Driver {
                 return Err(DriverError::InUse {
                     volume: name.into(),
                     detail: format!(
-                        "{} (on another node or by another process); detach it there first, \
-                         or fence that client",
+                        "{} (a client the cluster registry does not know: on another node or \
+                         by another process); detach it there first, or fence that client",
                         detail.join("; ")
                     ),
                 });
             }
         }
-        drop(image);
         let mapper = self.mapper()?;
         let e = &loc.entry.entry;
         let mut v = VolumeState {
@@ -240,6 +359,7 @@ impl Driver {
         };
         self.put_volume(name, &v)?;
         crash_point("attach:mapping");
+        let tm = Instant::now();
         let mapping = match mapper.map(&self.map_request(&v)) {
             Ok(m) => m,
             Err(err) => {
@@ -247,14 +367,29 @@ impl Driver {
                 return Err(err);
             }
         };
+        report.timings.map_ms = ms(tm);
         crash_point("attach:mapped");
         v.device = Some(mapping.device.clone());
         v.phase = Phase::Formatting;
-        let res = self
-            .put_volume(name, &v)
-            .and_then(|_| self.attach_steps(name, &loc, &meta, &mut v, &mapping));
+        report.device = Some(mapping.device.clone());
+        report.client_addr = mapping.client_addr;
+        let res = self.put_volume(name, &v).and_then(|_| {
+            let tr = Instant::now();
+            self.register_mapping(current, &mapping)?;
+            report.timings.register_ms = ms(tr);
+            let tm = Instant::now();
+            self.attach_steps(name, loc, meta, &mut v, &mapping)?;
+            report.timings.mount_ms = ms(tm);
+            let tr = Instant::now();
+            self.register_mounts(&v);
+            report.timings.register_ms += ms(tr);
+            Ok(())
+        });
         match res {
-            Ok(()) => Ok(v.mountpoint),
+            Ok(()) => {
+                report.mountpoint = v.mountpoint.clone();
+                Ok(())
+            }
             Err(err) => match self
                 .teardown(name, &v)
                 .and_then(|_| self.remove_volume_entry(name))
@@ -337,6 +472,54 @@ impl Driver {
         }
         v.phase = Phase::Mounted;
         self.put_volume(name, v)
+    }
+
+    /// Breaks the exclusive lock of the volume's image when its owner is on the OSD
+    /// blocklist (a fenced client never gets its session back), and returns the owners
+    /// whose locks were broken. Watchers on the blocklist are dropped by the OSDs.
+    fn break_fenced_locks(&self, name: &str, loc: &super::driver::Located) -> Result<Vec<String>> {
+        let blocklist = self
+            .rados
+            .blocklist_ls()
+            .map_err(|e| DriverError::ceph("reading the OSD blocklist", e))?;
+        let img = self.open(name, loc, false)?;
+        let owners = img.lock_get_owners().map(|o| o.owners).unwrap_or_default();
+        let mut broke = Vec::new();
+        for o in owners {
+            let Ok(addr) = o.parse::<EntityAddr>() else {
+                continue;
+            };
+            if crate::cluster::reconcile::blocklist_match(&addr, &blocklist).is_none() {
+                continue;
+            }
+            match img.lock_break(rbd_core::rbd::LockMode::Exclusive, &o) {
+                Ok(()) => {
+                    tracing::warn!("volume {name}: broke the exclusive lock of fenced client {o}");
+                    broke.push(o);
+                }
+                Err(e) if e.kind() == rbd_core::ErrorKind::Busy => {}
+                Err(e) => {
+                    return Err(DriverError::ceph(
+                        format!("breaking the exclusive lock of fenced client {o} on {name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        if !broke.is_empty() {
+            // The watches of blocklisted clients are dropped by the OSDs shortly.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let w = self.foreign_watchers(&img)?;
+                if w.iter().all(|w| {
+                    crate::cluster::reconcile::blocklist_match(&w.addr, &blocklist).is_none()
+                }) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(broke)
     }
 
     /// Whether the device is larger (by 1 MiB or more) than the filesystem on it (the
@@ -455,15 +638,18 @@ impl Driver {
             crash_point("detach:releasing");
             self.put_volume(name, &v)?;
             crash_point("detach:released");
+            self.register_mounts(&v);
             report.remaining_mount_ids = v.mount_ids.iter().cloned().collect();
             return Ok(report);
         }
+        let image = Self::image_ref_of_state(&v);
         if v.phase != Phase::Mounted {
             // A half-done attach or detach whose process died: undo/finish it.
             let actions = self.teardown(name, &v)?;
             self.remove_volume_entry(name)?;
             report.unmapped = true;
             report.actions = actions;
+            report.actions.extend(self.forget(&image, "detached"));
             return Ok(report);
         }
         v.mount_ids.clear();
@@ -488,6 +674,9 @@ impl Driver {
         report.unmapped = true;
         self.remove_volume_entry(name)?;
         let _ = fs::remove_dir(&v.mountpoint);
+        // Last: the registry. A failure here leaves a dangling record that the holder's
+        // daemon answers "not held" for, and the next reconcile removes.
+        report.actions.extend(self.forget(&image, "detached"));
         Ok(report)
     }
 

@@ -244,6 +244,15 @@ impl Driver {
         let r = self.resolve(spec)?;
         let _lock = self.lock(name)?;
         self.recover_name(name, &mut Default::default())?;
+        // Reconcile by name first: a device of a removed image with this name (left on
+        // this node when the volume was removed elsewhere) is cleaned, never taken for
+        // the new image.
+        let current = self
+            .index
+            .get(name)?
+            .filter(|e| crate::volume::cluster::ready(&e.entry))
+            .map(|e| Self::image_ref(&e.entry));
+        self.reconcile_name(name, &r.pool, &r.namespace, current.as_ref())?;
 
         let io = self.target_io(&r)?;
         let parent = r

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fs_format::FsType;
@@ -12,6 +12,7 @@ use rbd_core::{ConnectOptions, EntityAddr, Image, IoCtx, OpenOptions, Rados, Tim
 use serde::Serialize;
 use serde_json::json;
 
+use crate::cluster::{Cluster, ClusterConfig, ClusterOptions, NodeId, RegistryEntry};
 use crate::error::{DriverError, Result};
 use crate::mapper::{self, Backend, CephAuth, MapOptions, Mapper, MapperConfig, Mapping};
 use crate::volume::index::{EntryState, StoredEntry, VolumeIndex};
@@ -56,6 +57,12 @@ pub struct DriverConfig {
     pub fsck_timeout: Duration,
     /// How long resize waits for a mapped device to show the new size. Default 30 s.
     pub resize_wait: Duration,
+    /// The cluster layer (registry namespace, ping and release timeouts, fencing). Every
+    /// node of a cluster must use the same namespace.
+    pub cluster: ClusterOptions,
+    /// Whether [`Driver::new`] runs [`Driver::recover`]. Default true; off only for
+    /// read-only tools (`rbdctl reconcile --dry-run`).
+    pub recover_on_start: bool,
 }
 
 /// This host's name (`/proc/sys/kernel/hostname`), or `localhost`.
@@ -85,6 +92,8 @@ impl DriverConfig {
             mkfs_timeout: Duration::from_secs(600),
             fsck_timeout: Duration::from_secs(3600),
             resize_wait: Duration::from_secs(30),
+            cluster: ClusterOptions::default(),
+            recover_on_start: true,
         }
     }
 }
@@ -164,6 +173,9 @@ pub struct VolumeStatus {
     /// The mappings of the image on this node, found by image id (normally one while
     /// attached, none otherwise).
     pub local_mappings: Vec<Mapping>,
+    /// The cluster registry's entry for the image: which nodes hold it, read-write or
+    /// read-only, with their devices, client addresses and mount IDs.
+    pub registry: Option<RegistryEntry>,
     /// Every client with the image open (this node's mappings included).
     pub watchers: Vec<ClientInfo>,
     /// Owners of the image's exclusive lock (addresses).
@@ -180,7 +192,14 @@ pub struct Driver {
     pub(super) index: VolumeIndex,
     pub(super) mapper: OnceLock<Arc<dyn Mapper>>,
     pub(super) last_recovery: Mutex<Option<RecoveryReport>>,
+    pub(super) cluster: Cluster,
+    /// Set by a [`NodeDaemon`](crate::daemon::NodeDaemon) running in this process: makes
+    /// sure its control server watches a pool before this node registers an image there.
+    pub(super) pool_hook: RwLock<Option<PoolHook>>,
 }
+
+/// See [`Driver::set_pool_hook`].
+pub(crate) type PoolHook = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,19 +240,9 @@ impl Driver {
     /// [`Driver::last_recovery`]). The mapper backend is chosen on first use, so a node
     /// without a usable mapper can still create, list and remove volumes.
     pub fn new(cfg: DriverConfig) -> Result<Driver> {
-        if cfg.node_id.is_empty()
-            || cfg.node_id.len() > 255
-            || cfg
-                .node_id
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(DriverError::invalid(
-                "node id",
-                &cfg.node_id,
-                "must be 1 to 255 characters without spaces or control characters",
-            ));
-        }
+        // The node id is what the cluster registry and the control protocol name this
+        // node by.
+        let node = NodeId::new(&cfg.node_id)?;
         cfg.defaults.validate()?;
         let store = StateStore::new(&cfg.state_dir)?;
         restrict(&cfg.state_dir, 0o700)?;
@@ -263,6 +272,12 @@ impl Driver {
             )
         })?;
         let index = VolumeIndex::open(&rados, &cfg.defaults.pool)?;
+        // The cluster layer uses this connection (the driver's own: never a mapping's,
+        // which are the ones fencing blocklists).
+        let cluster = Cluster::new(
+            rados.clone(),
+            ClusterConfig::with_options(node, &cfg.cluster),
+        );
         let d = Driver {
             cfg,
             rados,
@@ -270,8 +285,12 @@ impl Driver {
             index,
             mapper: OnceLock::new(),
             last_recovery: Mutex::new(None),
+            cluster,
+            pool_hook: RwLock::new(None),
         };
-        d.recover()?;
+        if d.cfg.recover_on_start {
+            d.recover()?;
+        }
         Ok(d)
     }
 
@@ -554,6 +573,15 @@ impl Driver {
             .collect();
         let lock_owners = self.lock_holders(&image);
         drop(image);
+        let registry = self
+            .cluster
+            .registry(&e.pool)?
+            .get(&crate::cluster::ImageRef::new(
+                &e.pool,
+                &e.namespace,
+                &e.image,
+                &e.image_id,
+            ))?;
         let st = self.load_state()?;
         let local = st.volumes.get(name).map(|v| LocalAttachment {
             mountpoint: v.mountpoint.clone(),
@@ -576,6 +604,7 @@ impl Driver {
             image_id: e.image_id,
             local,
             local_mappings: mappings,
+            registry,
             watchers,
             lock_owners,
         })

@@ -54,6 +54,7 @@
 //! ```
 
 mod attach;
+mod cluster;
 pub mod crash;
 mod create;
 mod driver;
@@ -67,6 +68,7 @@ pub mod spec;
 pub mod state;
 
 pub use attach::DetachReport;
+pub use cluster::{AttachReport, AttachTimings, NodeReconcileReport, ReconcileOptions};
 pub use driver::{
     ClientInfo, Driver, DriverConfig, LocalAttachment, VolumeInfo, VolumeStatus, hostname,
     validate_mount_id,

@@ -124,8 +124,9 @@ impl Driver {
                         format!("detach interrupted while {}; finished", phase_word(v.phase))
                     }
                 };
-                let did = self.teardown(name, &v)?;
+                let mut did = self.teardown(name, &v)?;
                 self.remove_volume_entry(name)?;
+                did.extend(self.forget(&Self::image_ref_of_state(&v), "recovered"));
                 report.act(
                     name,
                     if did.is_empty() {

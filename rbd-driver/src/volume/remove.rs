@@ -77,12 +77,17 @@ pub(super) fn thaw(mountpoint: &Path) -> bool {
 impl Driver {
     /// Removes a volume: its image (with its metadata) and its index entry.
     ///
+    /// First this node's stale devices of the volume are cleaned (reconcile), then the
+    /// image is claimed read-write cluster-wide: a node holding it is asked to release it
+    /// and refuses while it uses it ([`DriverError::InUse`] naming the node and its mount
+    /// IDs); a holder that does not answer (dead or partitioned) is fenced.
+    ///
     /// Refused with [`DriverError::InUse`] while it is attached on this node (naming the
-    /// node, mountpoint and mount IDs), while any other client has the image open (naming
-    /// each client and its address: another node, or a process on this one), and while it
-    /// has snapshots. With `force`, this node's attachment is detached first and unused
-    /// snapshots are removed (unprotected if needed); clients elsewhere are never forced
-    /// away (fence them first), and snapshots with clones are never removed.
+    /// node, mountpoint and mount IDs), while a node in the registry uses it, while any
+    /// other client the registry does not know has the image open (naming each client and
+    /// its address), and while it has snapshots. With `force`, this node's attachment is
+    /// detached first and unused snapshots are removed (unprotected if needed); other
+    /// nodes' mounts are never forced away, and snapshots with clones are never removed.
     ///
     /// The removal is recorded before its first change, so a crash is finished by
     /// recovery.
@@ -91,6 +96,21 @@ impl Driver {
         let _lock = self.lock(name)?;
         let mut rep = Default::default();
         self.recover_name(name, &mut rep)?;
+        // This node's stale devices of the volume (or of an older image of its name)
+        // first: a stale attachment does not block the remove.
+        let found = self.index.get(name)?;
+        let current = found
+            .as_ref()
+            .filter(|se| crate::volume::cluster::ready(&se.entry))
+            .map(|se| Self::image_ref(&se.entry));
+        let (pool, ns) = match &current {
+            Some(c) => (c.pool.clone(), c.namespace.clone()),
+            None => (
+                self.cfg.defaults.pool.clone(),
+                self.cfg.defaults.namespace.clone(),
+            ),
+        };
+        self.reconcile_name(name, &pool, &ns, current.as_ref())?;
         let st = self.load_state()?;
         if let Some(v) = st.volumes.get(name).cloned() {
             if !force {
@@ -110,8 +130,9 @@ impl Driver {
             }
             self.teardown(name, &v)?;
             self.remove_volume_entry(name)?;
+            self.forget(&Self::image_ref_of_state(&v), "detached by a forced remove");
         }
-        let Some(se) = self.index.get(name)? else {
+        let Some(se) = found else {
             return Err(DriverError::NoSuchVolume(name.into()));
         };
         let e = se.entry.clone();
@@ -138,10 +159,38 @@ impl Driver {
             EntryState::Removing => {}
         }
         let io = self.io(&e.pool, &e.namespace)?;
-        let img = match Image::open_by_id(&io, &e.image_id, &OpenOptions::new().read_only(true)) {
+        let current = Self::image_ref(&e);
+        match Image::open_by_id(&io, &e.image_id, &OpenOptions::new().read_only(true)) {
+            Ok(i) => drop(i),
+            Err(err) if err.kind() == rbd_core::ErrorKind::NotFound => {
+                // The image is already gone: only the entry (and maybe records) is left.
+                self.forget(&current, "its image is gone");
+                self.index.remove_if(name, &se.raw)?;
+                return Ok(());
+            }
+            Err(err) => return Err(DriverError::ceph(format!("opening volume {name}"), err)),
+        };
+        // Claim it read-write cluster-wide: live holders release it or refuse (naming their
+        // node and mount IDs), silent ones are fenced.
+        self.claim_image(name, &current, false, Vec::new())?;
+        let res = self.remove_claimed(name, force, &se, &io);
+        // Gone or not, this node does not hold it any more.
+        self.forget(&current, "removed");
+        res
+    }
+
+    /// The remove after the claim: nobody else in the registry holds the image.
+    fn remove_claimed(
+        &self,
+        name: &str,
+        force: bool,
+        se: &crate::volume::index::StoredEntry,
+        io: &IoCtx,
+    ) -> Result<()> {
+        let e = se.entry.clone();
+        let img = match Image::open_by_id(io, &e.image_id, &OpenOptions::new().read_only(true)) {
             Ok(i) => i,
             Err(err) if err.kind() == rbd_core::ErrorKind::NotFound => {
-                // The image is already gone: only the entry is left.
                 self.index.remove_if(name, &se.raw)?;
                 return Ok(());
             }
@@ -152,8 +201,9 @@ impl Driver {
             return Err(DriverError::InUse {
                 volume: name.into(),
                 detail: format!(
-                    "its image is open by {} (attached on another node, or mapped by another \
-                     process on this one); detach it there, or fence that client{}",
+                    "its image is open by {} (a client the cluster registry does not know: on \
+                     another node, or mapped by another process on this one); detach it there, \
+                     or fence that client{}",
                     describe_watchers(&w),
                     if force {
                         " (force does not fence other clients)"
@@ -182,7 +232,7 @@ impl Driver {
                     ),
                 });
             }
-            self.purge_snapshots(name, &io, &e.image)?;
+            self.purge_snapshots(name, io, &e.image)?;
         }
 
         let mut pending = PendingRemove {
@@ -218,7 +268,7 @@ impl Driver {
         crash_point("remove:marked");
         pending.phase = RemovePhase::RemovingImage;
         self.save_remove(name, &pending)?;
-        if let Err(err) = remove_image(&io, &e.image) {
+        if let Err(err) = remove_image(io, &e.image) {
             // Nothing is removed: put the entry back as it was.
             let _ = self.index.replace(name, &marked_raw, &e);
             self.drop_pending(name)?;

@@ -33,6 +33,9 @@ pub struct Env {
     pub images: Mutex<Vec<(String, String, String)>>,
     /// Nodes made, to unmount/unmap on drop.
     pub nodes: Mutex<Vec<DriverConfig>>,
+    /// This test's cluster-layer namespace (registry, fence log, control object), so
+    /// parallel tests with the same node names never answer each other's requests.
+    pub cluster_ns: String,
 }
 
 /// The cluster is required; root is required when `need_root`.
@@ -51,6 +54,7 @@ pub fn env(need_root: bool) -> Option<Env> {
         names: Mutex::new(Vec::new()),
         images: Mutex::new(Vec::new()),
         nodes: Mutex::new(Vec::new()),
+        cluster_ns: testkit::unique("rbd-volumes-t"),
     })
 }
 
@@ -87,6 +91,7 @@ impl Env {
             ..MapperConfig::default()
         };
         cfg.timeouts = rbd_core::Timeouts::uniform(std::time::Duration::from_secs(20));
+        cfg.cluster.namespace = self.cluster_ns.clone();
         let mut nodes = self.nodes.lock().unwrap();
         if !nodes.iter().any(|c| c.state_dir == cfg.state_dir) {
             nodes.push(cfg.clone());
@@ -271,6 +276,27 @@ impl Drop for Env {
         for (pool, ns, name) in self.images.lock().unwrap().iter() {
             if let Ok(io) = self.rados.ioctx(pool).and_then(|i| i.with_namespace(ns)) {
                 remove_image_fully(&io, name);
+            }
+        }
+        // The cluster layer's objects of this test, and the blocklist entries its fences
+        // made.
+        if let Ok(io) = self
+            .rados
+            .ioctx(POOL)
+            .and_then(|i| i.with_namespace(&self.cluster_ns))
+        {
+            let reg = rbd_driver::cluster::Registry::from_ioctx(io);
+            for f in reg.fences(true).unwrap_or_default() {
+                for a in &f.addrs {
+                    let _ = self.rados.blocklist_rm(a);
+                }
+            }
+            for o in [
+                rbd_driver::cluster::registry::REGISTRY_OBJECT,
+                rbd_driver::cluster::registry::FENCE_OBJECT,
+                rbd_driver::cluster::control::CONTROL_OBJECT,
+            ] {
+                let _ = reg.ioctx().remove_object(o);
             }
         }
         let _ = std::fs::remove_dir_all(&self.root);

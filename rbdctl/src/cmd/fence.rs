@@ -1,19 +1,36 @@
-//! `rbdctl fence`: list, add and remove OSD blocklist entries.
+//! `rbdctl fence`: the OSD blocklist and the cluster layer's fence log (who was fenced,
+//! for which image, by which node, why, until when): list, add, remove, and fence an
+//! image's clients by hand.
 
 use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
 use rbd_core::EntityAddr;
 
+use rbd_driver::cluster::NAMESPACE;
+use serde_json::json;
+
 use crate::Cli;
+use crate::cmd::cluster::{self, FenceImageArgs};
 use crate::error::{CliError, CliResult};
 use crate::output::{Table, emit};
 
 /// Fencing subcommands.
 #[derive(Debug, Subcommand)]
 pub enum FenceCmd {
-    /// List blocklisted addresses and their expiry.
-    Ls,
+    /// List blocklisted addresses and their expiry, and the fence log of the pool (the
+    /// cluster layer's fences: image, node, addresses, by whom, why, expiry).
+    Ls {
+        /// The fence logs of every pool, not only `-p/--pool`.
+        #[arg(long = "all-pools")]
+        all_pools: bool,
+        /// Also list expired fence records.
+        #[arg(long)]
+        expired: bool,
+        /// RADOS namespace of the fence log.
+        #[arg(long = "registry-namespace", default_value = NAMESPACE)]
+        registry_namespace: String,
+    },
     /// Blocklist a client address (e.g. 10.0.0.5:0/3710147553).
     Add {
         /// The exact client address; a bare IP fences a whole host and needs --whole-host.
@@ -24,21 +41,47 @@ pub enum FenceCmd {
         /// Allow fencing every client on a host (port 0 and nonce 0).
         #[arg(long)]
         whole_host: bool,
+        /// Record the fence in this image's fence log ([pool/[namespace/]]image).
+        #[arg(long)]
+        image: Option<String>,
+        /// Why (with --image, recorded in the fence log).
+        #[arg(long, default_value = "fenced by hand with rbdctl")]
+        reason: String,
+        /// RADOS namespace of the fence log.
+        #[arg(long = "registry-namespace", default_value = NAMESPACE)]
+        registry_namespace: String,
     },
-    /// Remove a blocklist entry.
+    /// Remove a blocklist entry (and the fence-log records it lifts).
     Rm {
         /// The address as listed by `rbdctl fence ls`.
         addr: EntityAddr,
+        /// Look at the fence logs of every pool, not only `-p/--pool`.
+        #[arg(long = "all-pools")]
+        all_pools: bool,
+        /// RADOS namespace of the fence log.
+        #[arg(long = "registry-namespace", default_value = NAMESPACE)]
+        registry_namespace: String,
     },
+    /// Fence an image's clients by hand, as the cluster layer does for a silent holder:
+    /// blocklist their exact addresses, break the locks, check no watcher is left, record
+    /// the fence, drop the fenced holders from the registry.
+    Image(FenceImageArgs),
 }
 
 /// Runs a fence subcommand.
 pub fn run(cli: &Cli, cmd: &FenceCmd) -> CliResult {
     match cmd {
-        FenceCmd::Ls => {
+        FenceCmd::Ls {
+            all_pools,
+            expired,
+            registry_namespace,
+        } => {
             let rados = cli.connect()?;
             let list = rados.blocklist_ls()?;
-            emit(cli.format, &list, || {
+            let pools = cluster::pools(cli, &rados, *all_pools)?;
+            let log = cluster::fence_log(&rados, &pools, registry_namespace, *expired)?;
+            let value = json!({"blocklist": list, "fence_log": log});
+            emit(cli.format, &value, || {
                 let mut t = Table::new(&["ADDRESS", "EXPIRES", "REMAINING"]);
                 for e in &list {
                     let remaining = e
@@ -48,14 +91,32 @@ pub fn run(cli: &Cli, cmd: &FenceCmd) -> CliResult {
                         .unwrap_or_else(|| "-".into());
                     t.row(vec![e.addr.to_string(), e.until_raw.clone(), remaining]);
                 }
-                t.render()
+                let mut s = t.render();
+                s += &format!(
+                    "\nfence log ({}):\n",
+                    if *all_pools {
+                        "all pools".to_string()
+                    } else {
+                        format!("pool {}", cli.pool)
+                    }
+                );
+                if log.is_empty() {
+                    s += "none\n";
+                } else {
+                    s += &cluster::render_fence_log(&log);
+                }
+                s
             });
             Ok(())
         }
+        FenceCmd::Image(a) => cluster::fence_image(cli, a),
         FenceCmd::Add {
             addr,
             expire,
             whole_host,
+            image,
+            reason,
+            registry_namespace,
         } => {
             if addr.is_whole_host() && !whole_host {
                 return Err(CliError::Usage(format!(
@@ -74,12 +135,35 @@ pub fn run(cli: &Cli, cmd: &FenceCmd) -> CliResult {
             }
             rados.blocklist_add(addr, expire.map(Duration::from_secs))?;
             println!("fenced {addr}");
+            if let Some(img) = image {
+                // The monitor's default expiry is one hour.
+                let expiry = Duration::from_secs(expire.unwrap_or(3600));
+                let rec = cluster::record_manual_fence(
+                    cli,
+                    &rados,
+                    img,
+                    addr,
+                    reason,
+                    expiry,
+                    registry_namespace,
+                )?;
+                println!("recorded in the fence log of {} ({})", rec.image, rec.id);
+            }
             Ok(())
         }
-        FenceCmd::Rm { addr } => {
+        FenceCmd::Rm {
+            addr,
+            all_pools,
+            registry_namespace,
+        } => {
             let rados = cli.connect()?;
             rados.blocklist_rm(addr)?;
             println!("unfenced {addr}");
+            let pools = cluster::pools(cli, &rados, *all_pools)?;
+            let n = cluster::forget_lifted_fences(&rados, &pools, registry_namespace)?;
+            if n > 0 {
+                println!("removed {n} fence-log records whose addresses are all unfenced");
+            }
             Ok(())
         }
     }

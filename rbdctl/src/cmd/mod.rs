@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod clone;
+pub mod cluster;
+pub mod daemon;
 pub mod device;
 pub mod fence;
 pub mod image;
