@@ -1401,3 +1401,87 @@ fn an_unreachable_cluster_makes_the_mapper_give_up_and_exit() {
     drop(rados);
     drop(cluster);
 }
+
+/// `mapper::select`, as the Driver and `rbdctl map` call it. This host (like the CI host)
+/// has neither the rbd nor the nbd kernel module, so automatic selection must fall through
+/// krbd and nbd to the userspace mapper, and a request for krbd or nbd by name must fail
+/// with `BackendUnavailable` saying which module is missing. (The guest tests,
+/// `krbd_guest.rs` and `nbd_guest.rs`, check that `auto` picks krbd, then nbd, where the
+/// kernel has them.)
+#[test]
+fn automatic_selection_picks_userspace_without_rbd_and_nbd_modules() {
+    let Some(fx) = Fixture::new() else { return };
+    let cfg = fx.cfg();
+    let rbd_bus = Path::new("/sys/bus/rbd");
+    let nbd_mod = Path::new("/sys/module/nbd");
+    assert!(
+        !rbd_bus.exists() && !nbd_mod.exists() && !Path::new("/dev/nbd0").exists(),
+        "this test expects a host kernel without the rbd and nbd modules (the CI host); \
+         found {} or {}: the guest tests cover selection where they exist",
+        rbd_bus.display(),
+        nbd_mod.display()
+    );
+
+    // Asking for a backend by name: it must be available, and the error says why not.
+    match mapper::select(Some(Backend::Krbd), &cfg) {
+        Err(DriverError::BackendUnavailable { backend, reason }) => {
+            assert_eq!(backend, Backend::Krbd);
+            assert!(
+                reason.contains("/sys/bus/rbd") && reason.contains("rbd kernel module"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("krbd: expected BackendUnavailable, got {e:?}"),
+        Ok(m) => panic!("krbd selected on a host without it: {:?}", m.backend()),
+    }
+    match mapper::select(Some(Backend::Nbd), &cfg) {
+        Err(e @ DriverError::BackendUnavailable { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("the nbd mapper is not available")
+                    && msg.contains("nbd kernel module is not loaded"),
+                "{msg}"
+            );
+        }
+        Err(e) => panic!("nbd: expected BackendUnavailable, got {e:?}"),
+        Ok(m) => panic!("nbd selected on a host without it: {:?}", m.backend()),
+    }
+
+    // Automatic: userspace, and it really maps (by image id) and unmaps.
+    let auto = mapper::select(None, &cfg).expect("automatic selection");
+    assert_eq!(auto.backend(), Backend::Userspace);
+    let named = mapper::select(Some(Backend::Userspace), &cfg).unwrap();
+    assert_eq!(named.backend(), Backend::Userspace);
+    let img = fx.image("umap-auto", 16 * MIB);
+    let m = auto.map(&fx.req(&img)).unwrap();
+    assert_eq!(m.backend, Backend::Userspace);
+    assert_eq!(m.image_id, img.id);
+    assert_eq!(
+        mapper::find_by_image_id(&cfg, POOL, "", &img.id).unwrap(),
+        vec![m.clone()],
+        "list_all over every available backend finds the mapping by image id"
+    );
+    direct_write(&m.device, 0, &pattern(91, 4096)).unwrap();
+    let token = fx.token_of(&m);
+    auto.unmap(&m, false).unwrap();
+    fx.assert_gone(&m, &token);
+
+    // Nothing usable: the error names every backend's reason.
+    let none = MapperConfig {
+        umap_bin: Some(fx.run.path().join("no-such-rbd-umap")),
+        ..cfg
+    };
+    match mapper::select(None, &none) {
+        Err(DriverError::BackendUnavailable { reason, .. }) => {
+            assert!(
+                reason.starts_with("no mapper backend is usable"),
+                "{reason}"
+            );
+            for want in ["krbd", "nbd", "userspace", "no-such-rbd-umap"] {
+                assert!(reason.contains(want), "{want:?} missing from {reason}");
+            }
+        }
+        Err(e) => panic!("expected BackendUnavailable, got {e:?}"),
+        Ok(m) => panic!("selected {:?} without a mapper binary", m.backend()),
+    }
+}

@@ -8,59 +8,92 @@
 //! assert_eq!(testkit::cmd::check("echo", &out), "hi\n");
 //! ```
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Runs `cmd` (stdin closed, stdout and stderr captured) and returns its output; kills it
-/// and panics, naming the command, when it runs longer than `limit`.
+/// Like [`Command::output`](std::process::Command::output) (stdin null, stdout and stderr
+/// captured), but bounded: when the child has not exited within `limit`, it gets `SIGTERM`
+/// (so scripts can run their cleanup traps), `SIGKILL` ten seconds later, and the test
+/// panics with what the child printed so far. No test waits on a child forever.
+///
+/// Also panics when the child exited but its output pipes stay open past the deadline (a
+/// grandchild that kept them).
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
     let deadline = Instant::now() + limit;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
+    // Readers append to shared buffers, so a timeout can still show the partial output.
+    let reader = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = Arc::clone(&buf);
+        let h = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => b.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        (buf, h)
+    };
+    let (out, out_h) = reader(Box::new(child.stdout.take().unwrap()));
+    let (err, err_h) = reader(Box::new(child.stderr.take().unwrap()));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() >= deadline => {
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let grace = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < grace && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{what} did not finish within {limit:?}; killed");
+                panic!(
+                    "{cmd:?} (pid {pid}) did not finish within {limit:?}: terminated\n\
+                     ---- stdout ----\n{}\n---- stderr ----\n{}",
+                    text(&out),
+                    text(&err)
+                );
             }
-            Ok(None) => thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("waiting for {what}: {e}"),
+            Err(e) => panic!("waiting for {cmd:?} (pid {pid}): {e}"),
         }
     };
+    while !(out_h.is_finished() && err_h.is_finished()) {
+        if Instant::now() >= deadline {
+            panic!(
+                "{cmd:?} (pid {pid}) exited ({status}) but its output stayed open past \
+                 {limit:?} (a process it started holds it)\n---- stdout ----\n{}\n\
+                 ---- stderr ----\n{}",
+                text(&out),
+                text(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = out_h.join();
+    let _ = err_h.join();
     Output {
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout: std::mem::take(&mut out.lock().unwrap()),
+        stderr: std::mem::take(&mut err.lock().unwrap()),
     }
 }
 
