@@ -35,6 +35,9 @@
 #   QEMU_GUEST_KEEP=1          keep the temp dir (initramfs, log) and print its path
 #   QEMU_GUEST_LOCK            lock file that lets one guest run at a time on this machine
 #                              (default ${TMPDIR:-/tmp}/qemu-guest.lock)
+#   QEMU_GUEST_LOCK_WAIT       longest wait for that lock, seconds (default 900); then exit 1
+#   QEMU_GUEST_FETCH_WAIT      longest wait for a concurrent fetch, seconds (default 900)
+#   QEMU_GUEST_BUILD_TIMEOUT   limit for building the initramfs, seconds (default 300)
 #   CEPH_CONF / DEV_CLUSTER_DIR  the dev cluster whose ceph.conf and keyring are copied in
 #                              (default <repo>/.dev-cluster/ceph.conf when it exists)
 #
@@ -56,7 +59,8 @@ log() { echo "qemu-guest: $*" >&2; }
 with_fetch_lock() {
   mkdir -p "$(dirname "$QD")"
   exec 8>"$QD.fetch.lock"
-  flock 8
+  local wait=${QEMU_GUEST_FETCH_WAIT:-900}
+  flock -w "$wait" 8 || die "another fetch held $QD.fetch.lock for more than ${wait}s"
   "$@"
   flock -u 8
   exec 8>&-
@@ -410,19 +414,29 @@ do_run() {
   # One guest at a time on this machine (TCG is CPU-bound): wait for any other run.
   local lockf=${QEMU_GUEST_LOCK:-${TMPDIR:-/tmp}/qemu-guest.lock}
   exec 9>>"$lockf"
+  local lock_wait=${QEMU_GUEST_LOCK_WAIT:-900}
   if ! flock -n 9; then
-    log "waiting for another guest to finish (lock $lockf)"
-    flock 9 || die "cannot lock $lockf"
+    log "waiting up to ${lock_wait}s for another guest to finish (lock $lockf)"
+    flock -w "$lock_wait" 9 || die "another guest held $lockf for more than ${lock_wait}s"
   fi
 
   local t0 tmp
   t0=$(now_ms)
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/qemu-guest.XXXXXX")
-  QPID=""; TPID=""
+  QPID=""; TPID=""; WPID=""
   # shellcheck disable=SC2064
   trap "cleanup '$tmp'" EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  # The initramfs build has a limit of its own (QEMU_GUEST_TIMEOUT starts at the boot):
+  # a watchdog TERMs this script, whose EXIT trap cleans up.
+  local build_timeout=${QEMU_GUEST_BUILD_TIMEOUT:-300}
+  ( trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    sleep "$build_timeout" & sp=$!
+    wait "$sp" || exit 0
+    log "initramfs build took more than ${build_timeout}s: giving up"
+    kill -TERM $$ ) &
+  WPID=$!
   STAGE=$tmp/root
   mkdir -p "$STAGE"/{usr/bin,usr/sbin,usr/lib,usr/lib64,usr/local/bin,etc/qemu-guest,proc,sys,dev,tmp,run,root,guest,mnt,var/tmp}
   ln -s usr/bin "$STAGE/bin"; ln -s usr/sbin "$STAGE/sbin"
@@ -564,6 +578,9 @@ do_run() {
   local t1 isize
   t1=$(now_ms)
   isize=$(du -k "$tmp/initrd.gz" | cut -f1)
+  kill "$WPID" 2>/dev/null || true
+  wait "$WPID" 2>/dev/null || true
+  WPID=""
   log "initramfs $(( isize / 1024 )) MiB built in $(( t1 - t0 )) ms; booting (timeout ${timeout}s)"
 
   local serial=$tmp/serial.log
@@ -619,6 +636,7 @@ clean_console() { sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1
 
 cleanup() {
   local tmp=$1
+  if [ -n "${WPID:-}" ]; then kill "$WPID" 2>/dev/null || true; fi
   if [ -n "${QPID:-}" ] && kill -0 "$QPID" 2>/dev/null; then
     kill -TERM "$QPID" 2>/dev/null || true
     sleep 0.5

@@ -5,91 +5,24 @@
 //! node daemon runs meanwhile (its reconciles are stuck on the dead cluster too) and blocks
 //! nothing either; the plugin still stops within its bound.
 //!
-//! The test starts a cluster of its own (`DEV_CLUSTER_DIR=<tmp> scripts/dev-cluster.sh up`)
-//! so that stopping its daemons disturbs no other test, starts the plugin against it, creates
-//! two volumes and mounts one, stops the mon and then the OSD by their pid files, and times
-//! the calls over the socket. The bounds below are hang checks, not performance assertions. The cluster is brought down in
-//! `Drop`, pass or fail.
+//! The test starts a cluster of its own (`testkit::cluster::PrivateCluster`) so that
+//! stopping its daemons disturbs no other test, starts the plugin against it, creates two
+//! volumes and mounts one, stops the mon and then the OSD by their pid files, and times the
+//! calls over the socket. The bounds below are hang checks, not performance assertions. The
+//! cluster is brought down in `Drop`, pass or fail.
 //!
 //! Needs the dev cluster's tools (gated on `CEPH_CONF` like every Ceph test) and root.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 
-/// A dev cluster in its own directory, brought down and wiped in `Drop`.
-struct OwnCluster {
-    dir: PathBuf,
-    conf: PathBuf,
-}
-
-impl OwnCluster {
-    fn start() -> OwnCluster {
-        let dir = PathBuf::from("/tmp").join(testkit::unique("mdc"));
-        let mut c = OwnCluster {
-            conf: dir.join("ceph.conf"),
-            dir,
-        };
-        let out = run(
-            Command::new(testkit::workspace_root().join("scripts/dev-cluster.sh"))
-                .arg("up")
-                .env("DEV_CLUSTER_DIR", &c.dir)
-                .env_remove("DEV_CLUSTER_PORT")
-                .env_remove("CEPH_CONF"),
-            Duration::from_secs(180),
-        );
-        let stdout = check("scripts/dev-cluster.sh up", &out);
-        if let Some(conf) = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("export CEPH_CONF="))
-        {
-            c.conf = PathBuf::from(conf.trim().trim_matches('\'').trim_matches('"'));
-        }
-        assert!(c.conf.is_file(), "no ceph.conf at {}", c.conf.display());
-        c
-    }
-
-    /// Stops a daemon (`mon.a`, `osd.0`) with SIGTERM by its pid file and waits until it
-    /// is gone.
-    fn stop(&self, daemon: &str) {
-        let pidfile = self.dir.join(format!("run/{daemon}.pid"));
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
-            .trim()
-            .parse()
-            .expect("daemon pid");
-        // SAFETY: kill(2) on the pid the cluster script recorded for a daemon it started.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill {daemon}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(Instant::now() < deadline, "{daemon} ({pid}) did not stop");
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
-            run(
-                Command::new(testkit::workspace_root().join("scripts/dev-cluster.sh"))
-                    .arg("down")
-                    .env("DEV_CLUSTER_DIR", &self.dir),
-                Duration::from_secs(120),
-            )
-        });
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The requirement: with the mons down, List, Get and Path answer within 10 s. The
+/// The requirement: with the mons down, every volume call answers within 10 s. The
 /// plugin's read deadline is 8 s (the default), its write deadline is set to 8 s here.
 const HANG: Duration = Duration::from_secs(10);
 
@@ -108,7 +41,7 @@ fn every_volume_call_answers_within_10s_with_the_cluster_down() {
     if !testkit::require_root() {
         return;
     }
-    let cluster = OwnCluster::start();
+    let cluster = testkit::cluster::PrivateCluster::start();
     let dir = TempDir::new("mdown");
     // The mapper of the mounted volume is stuck once the cluster is gone: killed, and its
     // mounts and loop device removed, after the plugin has stopped.
@@ -119,7 +52,7 @@ fn every_volume_call_answers_within_10s_with_the_cluster_down() {
     // Default Ceph timeouts (mon ops 10 s, OSD ops 30 s): longer than the plugin's 8 s read
     // deadline, so it is the plugin's own deadline that must answer.
     // The write deadline is cut to 8 s so the test can show writes are bounded too.
-    let mut spec = PluginSpec::new(&cluster.conf, dir.path());
+    let mut spec = PluginSpec::new(cluster.conf(), dir.path());
     spec.config = "[timeouts]\nwrite = 8\n".into();
     let plugin = Plugin::start(&spec);
     let name = testkit::unique("md");

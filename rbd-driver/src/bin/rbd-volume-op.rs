@@ -18,6 +18,7 @@
 //!         [--id CLIENT] [--keyring PATH] [--pool POOL] [--backend B] [--umap-bin PATH]
 //!         [--format-at create|first-attach] [--ping-timeout SECS] [--io-timeout SECS]
 //!         [--timeout SECS] [--cluster-namespace NS] [--start-at-ms EPOCH_MS]
+//!         [--fsck-on-attach true|false]
 //! ```
 //!
 //! Output: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`; exit status 0 or 1
@@ -149,6 +150,12 @@ fn main() -> ExitCode {
         match b.parse() {
             Ok(b) => cfg.backend = Some(b),
             Err(e) => return usage(&e.to_string()),
+        }
+    }
+    if let Some(f) = flags.get("--fsck-on-attach") {
+        match f.parse() {
+            Ok(f) => cfg.defaults.fsck_on_attach = f,
+            Err(_) => return usage(&format!("--fsck-on-attach {f}: expected true or false")),
         }
     }
     if let Some(f) = flags.get("--format-at") {

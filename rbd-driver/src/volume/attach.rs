@@ -224,11 +224,13 @@ impl Driver {
                 }
                 let mut v = v;
                 if !v.mount_ids.contains(mount_id) {
+                    crash_point("attach:sharing");
                     self.store.update(|st| {
                         if let Some(e) = st.volumes.get_mut(name) {
                             e.mount_ids.insert(mount_id.to_owned());
                         }
                     })?;
+                    crash_point("attach:shared");
                     v.mount_ids.insert(mount_id.to_owned());
                     let tr = Instant::now();
                     self.register_mounts(&v);
@@ -414,6 +416,7 @@ impl Driver {
         let device = &mapping.device;
         let fs = self.ensure_fs(name, meta, device, v.read_only)?;
         if !v.read_only && self.cfg.defaults.fsck_on_attach {
+            crash_point("attach:checking");
             let report = fs_format::fsck(
                 device,
                 fs,
@@ -437,6 +440,7 @@ impl Driver {
                         .to_owned(),
                 });
             }
+            crash_point("attach:checked");
         }
         if !v.read_only {
             self.grow_offline_if_needed(name, fs, device)?;
@@ -536,6 +540,7 @@ impl Driver {
         if fs != FsType::Ext4 || !Self::needs_grow(device)? {
             return Ok(());
         }
+        crash_point("attach:growing");
         let report = fs_format::fsck(
             device,
             fs,
@@ -559,6 +564,7 @@ impl Driver {
         }
         fs_format::grow(device, fs, &fs_format::GrowOptions::default())
             .map_err(|e| DriverError::fs(format!("growing the filesystem of volume {name}"), e))?;
+        crash_point("attach:grown");
         Ok(())
     }
 
@@ -574,8 +580,10 @@ impl Driver {
         if fs == FsType::Ext4 || !Self::needs_grow(device)? {
             return Ok(());
         }
+        crash_point("attach:growing-online");
         fs_format::grow(mp, fs, &fs_format::GrowOptions::default())
             .map_err(|e| DriverError::fs(format!("growing the filesystem of volume {name}"), e))?;
+        crash_point("attach:grown-online");
         Ok(())
     }
 
@@ -627,7 +635,9 @@ impl Driver {
         }
         v.mount_ids.remove(mount_id);
         if !v.mount_ids.is_empty() && v.phase == Phase::Mounted {
+            crash_point("detach:releasing");
             self.put_volume(name, &v)?;
+            crash_point("detach:released");
             self.register_mounts(&v);
             report.remaining_mount_ids = v.mount_ids.iter().cloned().collect();
             return Ok(report);

@@ -62,6 +62,7 @@ pub mod index;
 pub mod lock;
 pub mod meta;
 pub mod name;
+mod owner;
 mod recover;
 mod remove;
 pub mod spec;
@@ -75,6 +76,7 @@ pub use driver::{
 };
 pub use index::{EntryState, IndexEntry, VolumeIndex};
 pub use name::validate_volume_name;
+pub use owner::OWNER_FILE;
 pub use recover::{RecoveryAction, RecoveryReport};
 pub use spec::{
     AccessMode, CreateSpec, FormatAt, OPTION_KEYS, SnapshotSource, VolumeDefaults,

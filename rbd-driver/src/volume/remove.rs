@@ -433,7 +433,9 @@ impl Driver {
             fs_format::grow(&v.mountpoint, fs, &fs_format::GrowOptions::default()).map_err(|e| {
                 DriverError::fs(
                     format!(
-                        "volume {name} was resized to {new_size} bytes, but growing its mounted                          {fs} filesystem failed (online ext4 resizes need CAP_SYS_RESOURCE);                          it is grown at its next read-write attach"
+                        "volume {name} was resized to {new_size} bytes, but growing its mounted \
+                         {fs} filesystem failed (online ext4 resizes need CAP_SYS_RESOURCE); \
+                         it is grown at its next read-write attach"
                     ),
                     e,
                 )

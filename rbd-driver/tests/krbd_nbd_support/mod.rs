@@ -150,14 +150,25 @@ pub fn run_guest(e: &Env, script: &Path, env: &[(&str, String)]) -> Run {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
     cmd.arg("--").arg(script);
+    let secs_var = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let qemu_timeout = secs_var("QEMU_GUEST_TIMEOUT", 420);
+    let lock_wait = secs_var("QEMU_GUEST_LOCK_WAIT", 900);
+    let build_timeout = secs_var("QEMU_GUEST_BUILD_TIMEOUT", 300);
     cmd.env("CEPH_CONF", &e.conf)
-        .env(
-            "QEMU_GUEST_TIMEOUT",
-            std::env::var("QEMU_GUEST_TIMEOUT").unwrap_or_else(|_| "420".into()),
-        )
-        .stdin(Stdio::null());
+        .env("QEMU_GUEST_TIMEOUT", qemu_timeout.to_string())
+        .env("QEMU_GUEST_LOCK_WAIT", lock_wait.to_string())
+        .env("QEMU_GUEST_BUILD_TIMEOUT", build_timeout.to_string());
+    // The harness bounds each of its phases (waiting for another guest, building the
+    // initramfs, running qemu); this bounds the whole, with a margin for the harness's own
+    // cleanup. Past it, the harness gets SIGTERM (its trap kills qemu), then SIGKILL.
+    let limit = std::time::Duration::from_secs(lock_wait + build_timeout + qemu_timeout + 60);
     let t = Instant::now();
-    let out = cmd.output().expect("running the qemu guest harness");
+    let out = testkit::output_within(&mut cmd, limit);
     let secs = t.elapsed().as_secs_f64();
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -212,6 +223,71 @@ pub fn watcher_addrs(status_json: &str) -> Vec<rbd_core::EntityAddr> {
         .filter_map(|w| w["address"].as_str())
         .filter_map(|a| a.parse().ok())
         .collect()
+}
+
+/// Lockers from `rbd lock ls --format json` output: `(lock id, address)`. The
+/// exclusive-lock owner's id starts with `auto `.
+pub fn lockers(lock_ls_json: &str) -> Vec<(String, rbd_core::EntityAddr)> {
+    let v: Value = serde_json::from_str(lock_ls_json.trim())
+        .unwrap_or_else(|e| panic!("`rbd lock ls` printed no JSON ({e}): {lock_ls_json:?}"));
+    v.as_array()
+        .unwrap_or_else(|| panic!("`rbd lock ls` JSON is not a list: {v}"))
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap_or("").to_owned(),
+                l["address"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("locker without an address: {l}")),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that `addr` (a mapping's client address) is the image's one exclusive-lock owner.
+pub fn assert_lock_owner(step: &Step, addr: &rbd_core::EntityAddr, what: &str) {
+    assert_eq!(step.rc, 0, "{what}: {step:?}");
+    let l = lockers(&step.out);
+    assert_eq!(l.len(), 1, "{what}: one locker expected: {l:?}");
+    assert!(
+        l[0].0.starts_with("auto ") && l[0].1.same_instance(addr),
+        "{what}: the exclusive-lock owner is {:?}, not the mapping's client {addr}",
+        l[0]
+    );
+}
+
+/// Creates a RADOS namespace in a pool and removes it on drop (after the images in it:
+/// declare this guard before [`Images`]).
+pub struct Namespace {
+    pub conf: PathBuf,
+    pub pool: String,
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn create(conf: &Path, pool: &str, name: &str) -> Namespace {
+        ceph_cli(
+            conf,
+            "rbd",
+            &["namespace", "create", &format!("{pool}/{name}")],
+        );
+        Namespace {
+            conf: conf.to_path_buf(),
+            pool: pool.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ceph_cli_raw(
+            &self.conf,
+            "rbd",
+            &["namespace", "rm", &format!("{}/{}", self.pool, self.name)],
+        );
+    }
 }
 
 /// Removes the test images on drop (best effort: snapshots first).
