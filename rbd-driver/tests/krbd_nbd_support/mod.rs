@@ -1,5 +1,6 @@
-//! Shared by the krbd and nbd guest tests: finding the qemu guest harness
-//! (`scripts/qemu-guest.sh`), running a guest script with our probe binary, parsing its
+//! Shared by the krbd and nbd guest tests (and, through `#[path]`, rbdctl's
+//! `volume_guest`): finding the qemu guest harness (`scripts/qemu-guest.sh`), running a
+//! guest script with our probe binary or others, parsing its
 //! `@@ TAG rc=N OUTPUT` lines, and host-side Ceph CLI helpers.
 //!
 //! Policy (as testkit's): when the harness cannot run, the test fails under `CI=true` and
@@ -143,9 +144,32 @@ pub fn parse_steps(console: &str) -> BTreeMap<String, Step> {
 /// Runs `script` in a guest with the probe binary and `env`. (The harness lets one guest
 /// run at a time on the machine; a concurrent test waits for it.)
 pub fn run_guest(e: &Env, script: &Path, env: &[(&str, String)]) -> Run {
-    let probe = PathBuf::from(env!("CARGO_BIN_EXE_rbd-map-probe"));
+    // (`option_env!`: this module is also compiled into rbdctl's guest test, which has no
+    // such binary and uses `run_guest_with`.)
+    let probe = PathBuf::from(
+        option_env!("CARGO_BIN_EXE_rbd-map-probe")
+            .expect("run_guest is for rbd-driver's tests, which build rbd-map-probe"),
+    );
+    run_guest_with(e, &[probe], &[], script, env)
+}
+
+/// Runs `script` in a guest with these binaries (`--bin`, with their libraries), extra
+/// kernel modules (`--module`, e.g. `xfs`) and `env`.
+pub fn run_guest_with(
+    e: &Env,
+    bins: &[PathBuf],
+    modules: &[&str],
+    script: &Path,
+    env: &[(&str, String)],
+) -> Run {
     let mut cmd = Command::new(&e.harness);
-    cmd.arg("run").arg("--bin").arg(&probe);
+    cmd.arg("run");
+    for b in bins {
+        cmd.arg("--bin").arg(b);
+    }
+    for m in modules {
+        cmd.arg("--module").arg(m);
+    }
     for (k, v) in env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
