@@ -9,14 +9,14 @@
 //! Policy (as testkit's): when the harness cannot run, the test fails under `CI=true` and
 //! is skipped with a printed reason otherwise.
 
-#[path = "../../rbd-driver/tests/krbd_nbd_support/mod.rs"]
-mod krbd_nbd_support;
+#[path = "../../rbd-driver/tests/krbd_nbd_support/harness.rs"]
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use krbd_nbd_support as support;
+use harness as support;
 use serde_json::Value;
 
 const POOL: &str = "rbd";
