@@ -10,7 +10,7 @@
 #       libraries and firmware the host lacks, busybox-static, iptables and libnl for the
 #       guest. Idempotent.
 #   scripts/qemu-guest.sh run [--bin PATH]... [--file SRC:DEST]... [--env NAME=VALUE]...
-#                            [--] GUEST_SCRIPT [ARG]...
+#                            [--module NAME]... [--] GUEST_SCRIPT [ARG]...
 #       Build a busybox initramfs, boot it, run GUEST_SCRIPT (busybox sh) inside, print the
 #       serial console and exit with the script's exit code (non-zero if no result marker
 #       was seen: boot failure, guest timeout, host timeout).
@@ -18,6 +18,8 @@
 #                          with its shared-library closure; also linked into /usr/local/bin
 #         --file SRC:DEST  host file or directory copied to DEST in the guest
 #         --env NAME=VAL   exported to the guest script
+#         --module NAME    an extra kernel module (e.g. xfs, btrfs) loaded at boot, with
+#                          its dependencies
 #       Exit codes: the guest script's own; 124 when no result marker was seen (boot
 #       failure, or the host timeout killed qemu); 137 when the guest-side time limit
 #       killed the script; 125 when the guest firewall could not be set up.
@@ -35,6 +37,9 @@
 #   QEMU_GUEST_KEEP=1          keep the temp dir (initramfs, log) and print its path
 #   QEMU_GUEST_LOCK            lock file that lets one guest run at a time on this machine
 #                              (default ${TMPDIR:-/tmp}/qemu-guest.lock)
+#   QEMU_GUEST_LOCK_WAIT       longest wait for that lock, seconds (default 900); then exit 1
+#   QEMU_GUEST_FETCH_WAIT      longest wait for a concurrent fetch, seconds (default 900)
+#   QEMU_GUEST_BUILD_TIMEOUT   limit for building the initramfs, seconds (default 300)
 #   CEPH_CONF / DEV_CLUSTER_DIR  the dev cluster whose ceph.conf and keyring are copied in
 #                              (default <repo>/.dev-cluster/ceph.conf when it exists)
 #
@@ -56,7 +61,8 @@ log() { echo "qemu-guest: $*" >&2; }
 with_fetch_lock() {
   mkdir -p "$(dirname "$QD")"
   exec 8>"$QD.fetch.lock"
-  flock 8
+  local wait=${QEMU_GUEST_FETCH_WAIT:-900}
+  flock -w "$wait" 8 || die "another fetch held $QD.fetch.lock for more than ${wait}s"
   "$@"
   flock -u 8
   exec 8>&-
@@ -376,7 +382,7 @@ INIT
 }
 
 do_run() {
-  BINS=(); FILES=(); ENVS=(); SCRIPT=""; SCRIPT_ARGS=()
+  BINS=(); FILES=(); ENVS=(); MODS=(); SCRIPT=""; SCRIPT_ARGS=()
   while [ $# -gt 0 ]; do
     case $1 in
       --bin) [ $# -ge 2 ] || die "--bin needs a path"; BINS+=("$2"); shift 2 ;;
@@ -385,12 +391,14 @@ do_run() {
       --file=*) FILES+=("${1#--file=}"); shift ;;
       --env) [ $# -ge 2 ] || die "--env needs NAME=VALUE"; ENVS+=("$2"); shift 2 ;;
       --env=*) ENVS+=("${1#--env=}"); shift ;;
+      --module) [ $# -ge 2 ] || die "--module needs a name"; MODS+=("$2"); shift 2 ;;
+      --module=*) MODS+=("${1#--module=}"); shift ;;
       --) shift; break ;;
       -*) die "unknown option $1" ;;
       *) break ;;
     esac
   done
-  [ $# -ge 1 ] || die "usage: $0 run [--bin PATH]... [--file SRC:DEST]... [--env N=V]... -- GUEST_SCRIPT [ARG]..."
+  [ $# -ge 1 ] || die "usage: $0 run [--bin PATH]... [--file SRC:DEST]... [--env N=V]... [--module NAME]... -- GUEST_SCRIPT [ARG]..."
   SCRIPT=$1; shift
   SCRIPT_ARGS=("$@")
   [ -f "$SCRIPT" ] || die "guest script $SCRIPT not found"
@@ -410,19 +418,29 @@ do_run() {
   # One guest at a time on this machine (TCG is CPU-bound): wait for any other run.
   local lockf=${QEMU_GUEST_LOCK:-${TMPDIR:-/tmp}/qemu-guest.lock}
   exec 9>>"$lockf"
+  local lock_wait=${QEMU_GUEST_LOCK_WAIT:-900}
   if ! flock -n 9; then
-    log "waiting for another guest to finish (lock $lockf)"
-    flock 9 || die "cannot lock $lockf"
+    log "waiting up to ${lock_wait}s for another guest to finish (lock $lockf)"
+    flock -w "$lock_wait" 9 || die "another guest held $lockf for more than ${lock_wait}s"
   fi
 
   local t0 tmp
   t0=$(now_ms)
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/qemu-guest.XXXXXX")
-  QPID=""; TPID=""
+  QPID=""; TPID=""; WPID=""
   # shellcheck disable=SC2064
   trap "cleanup '$tmp'" EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  # The initramfs build has a limit of its own (QEMU_GUEST_TIMEOUT starts at the boot):
+  # a watchdog TERMs this script, whose EXIT trap cleans up.
+  local build_timeout=${QEMU_GUEST_BUILD_TIMEOUT:-300}
+  ( trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    sleep "$build_timeout" & sp=$!
+    wait "$sp" || exit 0
+    log "initramfs build took more than ${build_timeout}s: giving up"
+    kill -TERM $$ ) &
+  WPID=$!
   STAGE=$tmp/root
   mkdir -p "$STAGE"/{usr/bin,usr/sbin,usr/lib,usr/lib64,usr/local/bin,etc/qemu-guest,proc,sys,dev,tmp,run,root,guest,mnt,var/tmp}
   ln -s usr/bin "$STAGE/bin"; ln -s usr/sbin "$STAGE/sbin"
@@ -431,10 +449,13 @@ do_run() {
   mknod -m 600 "$STAGE/dev/console" c 5 1 2>/dev/null || true
   mknod -m 666 "$STAGE/dev/null" c 1 3 2>/dev/null || true
 
-  # Kernel modules: rbd, nbd, virtio-net and netfilter bits, with dependencies.
+  # Kernel modules: rbd, nbd, virtio-net and netfilter bits, and those asked for with
+  # --module, with dependencies.
   local m line mods=() deps
   declare -A mseen=()
-  for m in rbd nbd virtio_pci virtio_net ip_tables iptable_filter iptable_nat xt_nat xt_tcpudp; do
+  for m in rbd nbd virtio_pci virtio_net ip_tables iptable_filter iptable_nat xt_nat xt_tcpudp \
+           ${MODS[@]+"${MODS[@]}"}; do
+    [[ $m =~ ^[A-Za-z0-9_-]+$ ]] || die "--module $m: not a module name"
     deps=$(modprobe --show-depends -d "$kroot" -S "$kver" "$m") || die "module $m not found in $kver"
     while read -r line; do
       case $line in
@@ -472,9 +493,10 @@ do_run() {
     add_bin "$f"
   done
 
-  # mke2fs and friends, rbd, rbd-nbd from the host.
+  # mke2fs and friends, the xfs tools, rbd, rbd-nbd from the host (the volume driver runs
+  # mkfs, fsck and the online grow tools: resize2fs, xfs_growfs).
   local b
-  for b in mke2fs e2fsck rbd rbd-nbd blkid; do
+  for b in mke2fs e2fsck resize2fs mkfs.xfs xfs_growfs xfs_repair rbd rbd-nbd blkid; do
     local p
     p=$(command -v "$b" || true)
     case $b in rbd|mke2fs) [ -n "$p" ] || die "$b not installed on the host (scripts/install-deps.sh)" ;; esac
@@ -564,6 +586,9 @@ do_run() {
   local t1 isize
   t1=$(now_ms)
   isize=$(du -k "$tmp/initrd.gz" | cut -f1)
+  kill "$WPID" 2>/dev/null || true
+  wait "$WPID" 2>/dev/null || true
+  WPID=""
   log "initramfs $(( isize / 1024 )) MiB built in $(( t1 - t0 )) ms; booting (timeout ${timeout}s)"
 
   local serial=$tmp/serial.log
@@ -619,6 +644,7 @@ clean_console() { sed -u -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1
 
 cleanup() {
   local tmp=$1
+  if [ -n "${WPID:-}" ]; then kill "$WPID" 2>/dev/null || true; fi
   if [ -n "${QPID:-}" ] && kill -0 "$QPID" 2>/dev/null; then
     kill -TERM "$QPID" 2>/dev/null || true
     sleep 0.5

@@ -35,6 +35,9 @@ if ! "$here/dev-docker.sh" status >/dev/null 2>&1; then started_docker=1; fi
 eval "$("$here/dev-docker.sh" up)"
 
 export CEPH_CONF DOCKER_HOST
+# This script provides the cluster and dockerd, so no test may skip for want of them:
+# under CI=true the testkit gates fail instead of skipping.
+export CI=true
 export RUST_BACKTRACE=1
 
 failed=()
@@ -44,13 +47,17 @@ check() {
   if "$@"; then echo "--> $name: ok"; else echo "--> $name: FAILED"; failed+=("$name"); fi
 }
 
+# Every test is bounded, so a hung test fails the run instead of stalling CI: nextest
+# terminates a test per .config/nextest.toml (slow-timeout / terminate-after); the whole
+# cargo test fallback, and the doctests, run under `timeout`.
 run_tests() {
   if command -v cargo-nextest >/dev/null 2>&1; then
     # nextest runs each test in its own process; doctests need cargo test.
-    cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" &&
-      cargo test --workspace --locked --doc
+    cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}" \
+        --config-file "$repo/.config/nextest.toml" &&
+      timeout -k 30 "${DOCTEST_TIMEOUT:-1800}" cargo test --workspace --locked --doc
   else
-    cargo test --workspace --locked --no-fail-fast
+    timeout -k 60 "${TEST_TIMEOUT:-10800}" cargo test --workspace --locked --no-fail-fast
   fi
 }
 

@@ -20,9 +20,12 @@ pub type BackendFactory =
 /// Runs the plugin until SIGTERM or SIGINT.
 ///
 /// The socket is bound first, so Docker finds the plugin at once; the backend connects in
-/// the background and is retried (1 s, 2 s, ... up to 30 s apart) until it succeeds. Until
-/// then every volume call answers `Err` saying why. On a signal the socket is removed, open
-/// requests get [`PluginConfig::shutdown_grace`] to finish, and the process returns.
+/// the background and is retried (1 s, 2 s, ... up to 30 s apart) until it succeeds (for
+/// the real backend that includes starting the node daemon). Until then every volume call
+/// answers `Err` saying why. On a signal the socket is removed, open requests get
+/// [`PluginConfig::shutdown_grace`] to finish, the backend is shut down
+/// ([`VolumeBackend::shutdown`]: the node daemon stops) within 3 s, and the process
+/// returns.
 pub fn run(cfg: PluginConfig, factory: BackendFactory) -> Result<()> {
     // Bind before any thread exists (bind briefly changes the umask).
     let bound = match server::from_systemd()? {
@@ -76,16 +79,22 @@ pub fn run(cfg: PluginConfig, factory: BackendFactory) -> Result<()> {
     if connector.is_finished() {
         let _ = connector.join();
     }
-    // Disconnecting from the cluster may wait for the mons; never let it hold up the exit.
+    // Stopping the node daemon (its control watches go) and disconnecting from the cluster
+    // may wait for the mons; never let them hold up the exit.
     let (tx, rx) = std::sync::mpsc::channel();
     let dropper = std::thread::spawn(move || {
+        if let Some(b) = keep.backend() {
+            b.shutdown();
+        }
         drop(keep);
         let _ = tx.send(());
     });
     if rx.recv_timeout(Duration::from_secs(3)).is_ok() {
         let _ = dropper.join();
     } else {
-        tracing::warn!("the cluster connection did not close within 3 s; exiting anyway");
+        tracing::warn!(
+            "the node daemon and the cluster connection did not close within 3 s; exiting anyway"
+        );
     }
     served
 }

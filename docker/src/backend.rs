@@ -42,4 +42,7 @@ pub trait VolumeBackend: Send + Sync + 'static {
     fn path(&self, name: &str) -> Result<Option<PathBuf>, DriverError>;
     /// Every volume.
     fn list(&self) -> Result<Vec<VolumeEntry>, DriverError>;
+    /// Stops background work (the node daemon) at plugin shutdown; may wait for the
+    /// cluster, so the caller bounds it. The default does nothing.
+    fn shutdown(&self) {}
 }

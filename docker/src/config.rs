@@ -12,6 +12,8 @@
 //! run-dir = "/run/rbd-volumes"
 //! backend = "auto"                      # auto | krbd | nbd | userspace
 //! log = "info"                          # a tracing filter
+//! reconcile-interval = 30               # seconds between the node daemon's reconciles
+//! serve-pools = ["rbd", "fast"]         # more pools to answer control requests in
 //!
 //! [ceph]
 //! conf = "/etc/ceph/ceph.conf"
@@ -36,7 +38,8 @@
 //! Environment variables (see [`ENV_VARS`]): `RBD_PLUGIN_CONFIG`, `RBD_PLUGIN_SOCKET`,
 //! `CEPH_CONF`, `CEPH_ID`, `CEPH_KEYRING`, `RBD_NODE_ID`, `RBD_STATE_DIR`,
 //! `RBD_MOUNT_ROOT`, `RBD_RUN_DIR`, `RBD_BACKEND`, `RBD_UMAP_BIN`, `RBD_NBD_BIN`,
-//! `RBD_LOG`, `RBD_TIMEOUT_READ`, `RBD_TIMEOUT_WRITE`, and `RBD_DEFAULT_<KEY>` for any
+//! `RBD_LOG`, `RBD_TIMEOUT_READ`, `RBD_TIMEOUT_WRITE`, `RBD_RECONCILE_INTERVAL`,
+//! `RBD_SERVE_POOLS` (comma-separated), and `RBD_DEFAULT_<KEY>` for any
 //! `[defaults]` key (`RBD_DEFAULT_SIZE=10G`, `RBD_DEFAULT_MOUNT_OPTIONS=noatime`: upper
 //! case, `-` written `_`).
 
@@ -83,6 +86,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "seconds for Create/Remove/Mount/Unmount",
     ),
     (
+        "RBD_RECONCILE_INTERVAL",
+        "seconds between the node daemon's reconciles (default 30)",
+    ),
+    (
+        "RBD_SERVE_POOLS",
+        "more pools to answer other nodes' control requests in (comma-separated)",
+    ),
+    (
         "RBD_DEFAULT_<KEY>",
         "a node-wide volume default, e.g. RBD_DEFAULT_SIZE=10G",
     ),
@@ -121,6 +132,12 @@ pub struct PluginConfig {
     pub ceph_timeouts: rbd_core::Timeouts,
     /// How long a shutdown waits for requests in progress.
     pub shutdown_grace: Duration,
+    /// How often the node daemon reconciles this node (also on start, and when a control
+    /// watch comes back after a partition).
+    pub reconcile_interval: Duration,
+    /// Pools the node daemon answers control requests in besides the default pool, the
+    /// pools of this node's attachments and those of the volume index.
+    pub serve_pools: Vec<String>,
     /// Log filter.
     pub log: String,
     /// The config file that was read, if any.
@@ -145,6 +162,8 @@ impl Default for PluginConfig {
             deadlines: Deadlines::default(),
             ceph_timeouts: rbd_core::Timeouts::default(),
             shutdown_grace: Duration::from_secs(10),
+            reconcile_interval: Duration::from_secs(30),
+            serve_pools: Vec::new(),
             log: "info".to_string(),
             config_file: None,
         }
@@ -174,6 +193,8 @@ struct FileConfig {
     rbd_nbd_bin: Option<PathBuf>,
     backend: Option<String>,
     log: Option<String>,
+    reconcile_interval: Option<f64>,
+    serve_pools: Option<Vec<String>>,
     ceph: Option<CephSection>,
     defaults: Option<BTreeMap<String, Scalar>>,
     timeouts: Option<TimeoutSection>,
@@ -297,6 +318,17 @@ impl PluginConfig {
         if let Some(v) = var("RBD_TIMEOUT_WRITE") {
             cfg.deadlines.write = parse_secs("RBD_TIMEOUT_WRITE", &v, ENV)?;
         }
+        if let Some(v) = var("RBD_RECONCILE_INTERVAL") {
+            cfg.reconcile_interval = parse_secs("RBD_RECONCILE_INTERVAL", &v, ENV)?;
+        }
+        if let Some(v) = var("RBD_SERVE_POOLS") {
+            cfg.serve_pools = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+        }
         for (k, v) in env {
             if let Some(key) = k.strip_prefix("RBD_DEFAULT_") {
                 if v.trim().is_empty() {
@@ -354,6 +386,13 @@ impl PluginConfig {
         }
         if let Some(v) = fc.log {
             self.log = v;
+        }
+        if let Some(s) = fc.reconcile_interval {
+            self.reconcile_interval =
+                to_duration("reconcile-interval", &s.to_string(), s, &origin)?;
+        }
+        if let Some(v) = fc.serve_pools {
+            self.serve_pools = v;
         }
         if let Some(c) = fc.ceph {
             if let Some(v) = c.conf {
@@ -453,6 +492,27 @@ impl PluginConfig {
                 origin,
                 "use letters, digits, '-', '_' and '.' only",
             ));
+        }
+        if self.reconcile_interval < Duration::from_secs(1) {
+            return Err(PluginError::value(
+                "reconcile-interval",
+                format!("{}", self.reconcile_interval.as_secs_f64()),
+                origin,
+                "must be at least 1 second",
+            ));
+        }
+        for p in &self.serve_pools {
+            if p.is_empty()
+                || p.len() > 255
+                || p.contains(|c: char| c == ',' || c == '/' || c.is_whitespace() || c.is_control())
+            {
+                return Err(PluginError::value(
+                    "serve-pools",
+                    p,
+                    origin,
+                    "a pool name (no '/', ',', spaces or control characters)",
+                ));
+            }
         }
         if self.ceph_id.is_empty() || self.ceph_id.contains(char::is_whitespace) {
             return Err(PluginError::value(
@@ -607,6 +667,43 @@ ceph-mon-op = 3
         assert_eq!(cfg.deadlines.write, Duration::from_secs_f64(60.5));
         assert_eq!(cfg.ceph_timeouts.mon_op, Duration::from_secs(3));
         assert_eq!(cfg.config_file.as_deref(), Some(p.as_path()));
+    }
+
+    #[test]
+    fn node_daemon_settings_from_file_and_env() {
+        let p = temp_file(
+            "daemon.toml",
+            "reconcile-interval = 5\nserve-pools = [\"fast\", \"slow\"]\n",
+        );
+        let cfg = PluginConfig::load_from(&env(&[]), &with_file(&p)).unwrap();
+        assert_eq!(cfg.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(cfg.serve_pools, vec!["fast", "slow"]);
+        // The environment overrides the file.
+        let cfg = PluginConfig::load_from(
+            &env(&[
+                ("RBD_RECONCILE_INTERVAL", "2.5"),
+                ("RBD_SERVE_POOLS", " a, b ,,c "),
+            ]),
+            &with_file(&p),
+        )
+        .unwrap();
+        assert_eq!(cfg.reconcile_interval, Duration::from_secs_f64(2.5));
+        assert_eq!(cfg.serve_pools, vec!["a", "b", "c"]);
+        // Defaults.
+        let p = temp_file("empty.toml", "");
+        let cfg = PluginConfig::load_from(&env(&[]), &with_file(&p)).unwrap();
+        assert_eq!(cfg.reconcile_interval, Duration::from_secs(30));
+        assert!(cfg.serve_pools.is_empty());
+        // Bad values name the setting.
+        for (k, v, want) in [
+            ("RBD_RECONCILE_INTERVAL", "0.5", "reconcile-interval"),
+            ("RBD_RECONCILE_INTERVAL", "often", "RBD_RECONCILE_INTERVAL"),
+            ("RBD_SERVE_POOLS", "a/b", "serve-pools"),
+        ] {
+            let e = PluginConfig::load_from(&env(&[(k, v)]), &with_file(&p)).unwrap_err();
+            let msg = crate::error::chain(&e);
+            assert!(msg.contains(want), "{k}={v}: {msg}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use docker_volume_rbd::app;
 use docker_volume_rbd::backend::VolumeBackend;
 use docker_volume_rbd::config::{ENV_VARS, Overrides, PluginConfig};
 use docker_volume_rbd::error::chain;
-use docker_volume_rbd::rbd::{RbdBackend, driver_config};
+use docker_volume_rbd::rbd::{RbdBackend, daemon_options, driver_config};
 
 fn env_help() -> String {
     let mut s = String::from(
@@ -84,8 +84,9 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{cfg:#?}\n{:#?}", dcfg.defaults);
         return ExitCode::SUCCESS;
     }
-    let factory: app::BackendFactory = Box::new(move |_cfg: &PluginConfig| {
-        RbdBackend::connect(dcfg.clone()).map(|b| Arc::new(b) as Arc<dyn VolumeBackend>)
+    let factory: app::BackendFactory = Box::new(move |cfg: &PluginConfig| {
+        RbdBackend::connect(dcfg.clone(), daemon_options(cfg))
+            .map(|b| Arc::new(b) as Arc<dyn VolumeBackend>)
     });
     match app::run(cfg, factory) {
         Ok(()) => ExitCode::SUCCESS,

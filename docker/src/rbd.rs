@@ -1,10 +1,20 @@
-//! The real backend: [`rbd_driver::volume::Driver`] behind [`VolumeBackend`].
+//! The real backend: [`rbd_driver::volume::Driver`] behind [`VolumeBackend`], with this
+//! node's [`NodeDaemon`] running over the same driver.
+//!
+//! The plugin process is its node's node daemon (see `docs/cluster.md`): it answers other
+//! nodes' control requests for this node (ping; "release image ID", refused while a
+//! container uses the volume, naming the node and the mount IDs) and reconciles the node on
+//! start, every [`PluginConfig::reconcile_interval`] and when a control watch comes back.
+//! Without it, another node asking for one of this node's volumes would find nobody
+//! watching and fence the mapping of a running container.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rbd_driver::DriverError;
+use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
 use rbd_driver::mapper::CephAuth;
 use rbd_driver::volume::{
     CreateSpec, Driver, DriverConfig, EntryState, Phase, VolumeDefaults, VolumeInfo,
@@ -47,22 +57,63 @@ pub fn driver_config(cfg: &PluginConfig) -> Result<DriverConfig> {
     Ok(d)
 }
 
-/// [`Driver`] as the plugin's backend.
+/// The node daemon's settings from the plugin's.
+pub fn daemon_options(cfg: &PluginConfig) -> DaemonOptions {
+    DaemonOptions {
+        reconcile_interval: cfg.reconcile_interval,
+        pools: cfg.serve_pools.clone(),
+        ..DaemonOptions::default()
+    }
+}
+
+/// [`Driver`] as the plugin's backend, and the node daemon over it.
 pub struct RbdBackend {
-    driver: Driver,
+    driver: Arc<Driver>,
+    daemon: Mutex<Option<NodeDaemon>>,
 }
 
 impl RbdBackend {
-    /// Connects the driver (bounded by its Ceph timeouts) and recovers local state.
-    pub fn connect(cfg: DriverConfig) -> Result<RbdBackend, DriverError> {
+    /// Connects the driver (bounded by its Ceph timeouts), recovers local state, and
+    /// starts this node's daemon: it answers control requests in the default pool before
+    /// this returns (an error if it cannot: then other nodes would take this node for
+    /// dead), and reconciles in the background at once and every
+    /// [`DaemonOptions::reconcile_interval`].
+    pub fn connect(cfg: DriverConfig, opts: DaemonOptions) -> Result<RbdBackend, DriverError> {
+        let driver = Arc::new(Driver::new(cfg)?);
+        let daemon = NodeDaemon::start(Arc::clone(&driver), opts)?;
+        let pools: Vec<String> = daemon.pools().into_keys().collect();
+        tracing::info!(
+            "node daemon of node {} answering control requests in pools {}",
+            driver.node(),
+            pools.join(", ")
+        );
+        let pool = &driver.config().defaults.pool;
+        match driver.daemon_answers(pool) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the node daemon of node {} does not answer its own ping in pool {pool} yet",
+                driver.node()
+            ),
+            Err(e) => tracing::warn!("pinging this node's daemon in pool {pool}: {e}"),
+        }
         Ok(RbdBackend {
-            driver: Driver::new(cfg)?,
+            driver,
+            daemon: Mutex::new(Some(daemon)),
         })
     }
 
     /// The driver.
-    pub fn driver(&self) -> &Driver {
+    pub fn driver(&self) -> &Arc<Driver> {
         &self.driver
+    }
+
+    /// Runs `f` on the node daemon, if it still runs.
+    pub fn with_daemon<T>(&self, f: impl FnOnce(&NodeDaemon) -> T) -> Option<T> {
+        self.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
     }
 }
 
@@ -76,6 +127,16 @@ fn entry(v: VolumeInfo) -> VolumeEntry {
 }
 
 impl VolumeBackend for RbdBackend {
+    /// Stops the node daemon: its control watches are removed (so other nodes see at
+    /// once that nobody answers for this node), its reconcile thread ends.
+    fn shutdown(&self) {
+        let d = self.daemon.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(d) = d {
+            tracing::info!("stopping the node daemon of node {}", self.driver.node());
+            d.stop();
+        }
+    }
+
     fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), DriverError> {
         let spec = CreateSpec::from_options(opts)?;
         self.driver.create(name, &spec).map(|_| ())

@@ -230,6 +230,13 @@ impl BackendSlot {
             *last_error = Some(msg);
         }
     }
+    /// The backend, once installed.
+    pub fn backend(&self) -> Option<Arc<dyn VolumeBackend>> {
+        match &*self.inner.read().unwrap_or_else(|p| p.into_inner()) {
+            SlotState::Ready(b) => Some(Arc::clone(b)),
+            SlotState::Connecting { .. } => None,
+        }
+    }
     /// True once a backend is installed.
     pub fn is_ready(&self) -> bool {
         matches!(

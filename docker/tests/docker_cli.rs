@@ -66,18 +66,63 @@ fn volume_create_ls_inspect_rm() {
     );
 }
 
+/// An RBD namespace made for one test, removed (with any image left in it) in `Drop`.
+struct Namespace {
+    ceph: Ceph,
+    spec: String,
+}
+
+impl Namespace {
+    fn create(ceph: &Ceph, pool: &str, name: &str) -> Namespace {
+        let spec = format!("{pool}/{name}");
+        check(
+            "rbd namespace create",
+            &ceph.rbd(&["namespace", "create", &spec]),
+        );
+        Namespace {
+            ceph: Ceph::new(&ceph.conf),
+            spec,
+        }
+    }
+
+    /// Image names in the namespace.
+    fn images(&self) -> Vec<String> {
+        let out = self.ceph.rbd(&["ls", &self.spec, "--format", "json"]);
+        serde_json::from_str(check("rbd ls", &out).trim()).unwrap_or_default()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        for i in self.images() {
+            let _ = self.ceph.rbd(&["rm", &format!("{}/{i}", self.spec)]);
+        }
+        let _ = self.ceph.rbd(&["namespace", "rm", &self.spec]);
+    }
+}
+
 #[test]
 fn bad_input_is_refused_with_a_clear_error_and_nothing_is_created() {
-    let Some(env) = setup("cli-bad") else {
+    // The plugin creates its volumes in a namespace of this test's own (a node-wide
+    // default), so "nothing created" means that namespace stays empty, whatever the names
+    // and whatever other tests create in the pool meanwhile.
+    let Some(conf) = testkit::ceph_conf() else {
         return;
     };
-    let ceph = Ceph::new(&env.conf);
+    let ns_name = testkit::unique("cli-bad");
+    let ns = Namespace::create(&Ceph::new(&conf), "rbd", &ns_name);
+    let Some(env) = DockerEnv::setup_with("cli-bad", |spec| {
+        spec.env
+            .insert("RBD_DEFAULT_NAMESPACE".into(), ns_name.clone());
+    }) else {
+        return;
+    };
     let d = &env.dockerd;
-    let before = ceph.images("rbd");
 
     // (docker volume create arguments after the driver, text the error must contain)
-    let prefix = testkit::unique("bad");
-    let n = |s: &str| format!("{prefix}-{s}");
+    let n = |s: &str| testkit::unique(s);
+    let bad_chars = format!("{}..x@y", n("chars"));
+    let too_long = "a".repeat(120);
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["-o".into(), "size=-1".into(), n("neg")], "-1"),
         (vec!["-o".into(), "size=1e99".into(), n("huge")], "1e99"),
@@ -105,8 +150,9 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_is_created() {
             "mkfs",
         ),
         (vec!["-o".into(), "access=rwx".into(), n("access")], "rwx"),
-        (vec![format!("{prefix}..x@y")], "volume name"),
-        (vec!["a".repeat(120)], "volume name"),
+        // Bad names: the error names the bad value itself.
+        (vec![bad_chars.clone()], &bad_chars),
+        (vec![too_long.clone()], &too_long),
     ];
     for (args, want) in &cases {
         let mut full: Vec<&str> = vec!["volume", "create", "-d", env.driver()];
@@ -121,29 +167,50 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_is_created() {
         // A message for people: no Go error wrapping soup, no HTTP status.
         assert!(!err.contains("VolumeDriver.Create:"), "{err}");
     }
-
-    let after = ceph.images("rbd");
-    let created: Vec<_> = after
+    let names: Vec<&str> = cases
         .iter()
-        .filter(|i| !before.contains(i) && i.starts_with(&prefix))
+        .map(|(args, _)| args.last().expect("a name").as_str())
         .collect();
-    assert!(created.is_empty(), "images were created: {created:?}");
+
+    // Nothing in the namespace, no volume of those names for docker or the plugin.
+    assert_eq!(ns.images(), Vec::<String>::new(), "images were created");
     let ls = d.ok(&["volume", "ls", "-q"]);
+    let shown: Vec<&str> = ls.lines().filter(|l| names.contains(l)).collect();
     assert!(
-        !ls.lines().any(|l| l.starts_with(&prefix)),
-        "docker volume ls shows refused volumes:\n{ls}"
+        shown.is_empty(),
+        "docker volume ls shows refused volumes: {shown:?}"
     );
-    // And the plugin knows nothing of them either.
     let r = call(
         &env.plugin.socket,
         "VolumeDriver.List",
         serde_json::json!({}),
     );
+    let known: Vec<String> = r.json()["Volumes"]
+        .as_array()
+        .expect("Volumes")
+        .iter()
+        .filter_map(|v| v["Name"].as_str())
+        .filter(|n| names.contains(n))
+        .map(String::from)
+        .collect();
     assert!(
-        !r.json()["Volumes"]
-            .as_array()
-            .expect("Volumes")
-            .iter()
-            .any(|v| v["Name"].as_str().is_some_and(|s| s.starts_with(&prefix)))
+        known.is_empty(),
+        "the plugin lists refused volumes: {known:?}"
     );
+
+    // The check above can see a creation: a good volume does land in the namespace.
+    let good = testkit::unique("good");
+    let _guard = env.guard(&good);
+    d.ok(&[
+        "volume",
+        "create",
+        "-d",
+        env.driver(),
+        "-o",
+        "size=32M",
+        &good,
+    ]);
+    assert_eq!(ns.images(), vec![good.clone()]);
+    d.ok(&["volume", "rm", &good]);
+    assert_eq!(ns.images(), Vec::<String>::new());
 }

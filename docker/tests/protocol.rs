@@ -205,14 +205,24 @@ fn option_errors_come_back_in_err_and_nothing_is_created() {
     ] {
         assert!(r.err().contains(k), "{} lacks {k}", r.err());
     }
-    // Bad names.
+    // Bad names: the error names the bad value (quoted) and nothing is created.
     for bad in ["../escape", "a/b", "", "-x", "x y"] {
         let r = call(
             &plugin.socket,
             "VolumeDriver.Create",
             json!({"Name": bad, "Opts": {}}),
         );
-        assert!(r.err().contains("volume name"), "{bad:?}: {}", r.err());
+        let err = r.err();
+        assert!(
+            err.contains(&format!("volume name {bad:?}")),
+            "{bad:?}: {err}"
+        );
+        if !bad.is_empty() {
+            assert!(
+                !ceph.image_exists("rbd", bad),
+                "{bad:?}: an image was created"
+            );
+        }
     }
 }
 
@@ -462,4 +472,64 @@ fn serves_the_socket_passed_by_systemd_socket_activation() {
     let status = plugin.stop(Duration::from_secs(20)).expect("status");
     assert!(status.success(), "{status}:\n{}", plugin.log_text());
     assert!(activated.exists(), "the plugin removed systemd's socket");
+}
+
+#[test]
+fn listens_on_the_default_socket_path_when_none_is_configured() {
+    let Some((conf, dir)) = setup("proto-defsock") else {
+        return;
+    };
+    // The default, /run/docker/plugins/rbd.sock, is machine-wide: the plugin runs in a
+    // private mount namespace with an empty tmpfs over /run, so neither this machine's
+    // dockerds nor its other plugins see it (and it finds no /run/docker/plugins to reuse:
+    // it must create the directory). The test reaches the socket through the plugin's
+    // root, /proc/PID/root.
+    let spec = PluginSpec::new(&conf, dir.path());
+    let mut inner = spec.command();
+    inner.env_remove("RBD_PLUGIN_SOCKET");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 rbd-test-run /run && exec \"$0\"")
+        .arg(inner.get_program())
+        .env_clear()
+        .envs(
+            inner
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        );
+    let log = dir.path().join("plugin.log");
+    let f = std::fs::File::create(&log).expect("plugin log");
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().expect("dup log"))
+        .stderr(f)
+        .spawn()
+        .expect("start unshare docker-volume-rbd");
+    // unshare and sh exec: the child's pid is the plugin's.
+    let socket = std::path::PathBuf::from(format!(
+        "/proc/{}/root/run/docker/plugins/rbd.sock",
+        child.id()
+    ));
+    let mut plugin = Plugin {
+        child: Some(child),
+        socket,
+        log,
+    };
+    plugin.wait_ready(Duration::from_secs(60));
+    let r = call(&plugin.socket, "Plugin.Activate", json!({}));
+    assert_eq!(r.json(), json!({"Implements": ["VolumeDriver"]}));
+    assert_eq!(
+        mode(&plugin.socket),
+        0o600,
+        "the default socket is root-only"
+    );
+    let dir_mode = mode(plugin.socket.parent().expect("socket dir"));
+    assert_eq!(dir_mode, 0o755, "/run/docker/plugins was created 0755");
+    assert!(
+        plugin.log_text().contains("/run/docker/plugins/rbd.sock"),
+        "{}",
+        plugin.log_text()
+    );
+    let status = plugin.stop(Duration::from_secs(30)).expect("exit status");
+    assert!(status.success(), "{status}:\n{}", plugin.log_text());
 }

@@ -105,6 +105,23 @@ pub enum Error {
         found: Box<Probe>,
     },
 
+    /// The device is smaller than the filesystem type's minimum (with the options given),
+    /// so mkfs was not run.
+    #[error(
+        "{} is too small for {fs}: it has {size} bytes ({}), and {fs} needs at least {min} bytes ({})",
+        device.display(), crate::human_size(*size), crate::human_size(*min)
+    )]
+    TooSmall {
+        /// The device.
+        device: PathBuf,
+        /// The filesystem that was to be created.
+        fs: FsType,
+        /// The device's size in bytes.
+        size: u64,
+        /// The smallest size mkfs accepts ([`crate::MkfsArgs::min_size`]).
+        min: u64,
+    },
+
     /// After mkfs succeeded, probing did not find the new filesystem.
     #[error("mkfs of {fs} on {} reported success but the device now holds {found}", device.display())]
     MkfsNotFound {

@@ -26,6 +26,22 @@ impl FsType {
     /// All supported types.
     pub const ALL: [FsType; 3] = [FsType::Ext4, FsType::Xfs, FsType::Btrfs];
 
+    /// The smallest device, in bytes, that this type's mkfs accepts with its default
+    /// options: ext4 104 KiB, xfs 300 MiB, btrfs 109 MiB.
+    ///
+    /// Measured with the tools of Debian 12 (e2fsprogs 1.47.0, xfsprogs 6.1.0,
+    /// btrfs-progs 6.2) on sparse files, 4 KiB steps: one step below, mkfs refuses
+    /// (xfs: "Filesystem must be larger than 300MB"; btrfs: "minimum size for each btrfs
+    /// device is 114294784"). Some options need more; see [`crate::MkfsArgs::min_size`].
+    /// [`crate::mkfs`] checks this before it runs the tool.
+    pub fn min_size(self) -> u64 {
+        match self {
+            FsType::Ext4 => 104 << 10,
+            FsType::Xfs => 300 << 20,
+            FsType::Btrfs => 109 << 20,
+        }
+    }
+
     /// The name used by `mount(2)` and `mkfs.<name>`.
     pub fn as_str(self) -> &'static str {
         match self {

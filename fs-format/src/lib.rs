@@ -64,6 +64,7 @@ mod mkfs;
 mod mount;
 mod mountinfo;
 mod probe;
+mod units;
 
 pub use cmd::CommandOutput;
 pub use error::Error;
@@ -86,6 +87,7 @@ pub use probe::{
     DetectedFs, FsInfo, HEAD_BYTES, Partition, PartitionScheme, PartitionTable, Probe, TAIL_BYTES,
     UnknownData, device_size, probe,
 };
+pub use units::human_size;
 
 /// Re-exported so callers can name [`ParsedMountOptions::flags`] without depending on nix.
 pub use nix::mount::MsFlags;

@@ -213,6 +213,37 @@ impl MkfsArgs {
         }
     }
 
+    /// The smallest device, in bytes, mkfs accepts with these options: the type's
+    /// [`FsType::min_size`], except btrfs with `-d dup` (data written twice), which needs
+    /// 229 MiB, or 165 MiB with `-m single` (measured with btrfs-progs 6.2).
+    pub fn min_size(&self) -> u64 {
+        match self {
+            MkfsArgs::Btrfs(v) if v.contains(&BtrfsOption::DataProfile(BtrfsProfile::Dup)) => {
+                if v.contains(&BtrfsOption::MetadataProfile(BtrfsProfile::Single)) {
+                    165 << 20
+                } else {
+                    229 << 20
+                }
+            }
+            other => other.fs_type().min_size(),
+        }
+    }
+
+    /// Checks that a device of `size` bytes is large enough for these options
+    /// ([`MkfsArgs::min_size`]); [`Error::TooSmall`] names both sizes otherwise.
+    pub fn check_size(&self, device: &Path, size: u64) -> Result<(), Error> {
+        let min = self.min_size();
+        if size < min {
+            return Err(Error::TooSmall {
+                device: device.to_owned(),
+                fs: self.fs_type(),
+                size,
+                min,
+            });
+        }
+        Ok(())
+    }
+
     /// The label set with `-L`, if any.
     pub fn label(&self) -> Option<&str> {
         match self {
@@ -770,9 +801,10 @@ pub struct MkfsReport {
 
 /// Create a filesystem on `device`.
 ///
-/// Order of checks: options are validated ([`mkfs_argv`]); the device must not be mounted
-/// or held open exclusively; [`probe`] must find it blank unless
-/// [`MkfsOptions::force`]. Then mkfs runs as an argv (never a shell) with a timeout, and
+/// Order of checks: options are validated ([`mkfs_argv`]); the device must be at least
+/// [`MkfsArgs::min_size`] ([`Error::TooSmall`]: the tools themselves would only print
+/// their usage); it must not be mounted or held open exclusively; [`probe`] must find it
+/// blank unless [`MkfsOptions::force`]. Then mkfs runs as an argv (never a shell) with a timeout, and
 /// the device is probed again to confirm and return the new filesystem's UUID and label.
 pub fn mkfs(
     device: impl AsRef<Path>,
@@ -781,6 +813,7 @@ pub fn mkfs(
 ) -> Result<MkfsReport, Error> {
     let device = device.as_ref();
     let argv = mkfs_argv(device, fs, options)?;
+    MkfsArgs::parse(fs, &options.extra)?.check_size(device, crate::device_size(device)?)?;
     ensure_not_in_use(device)?;
     let previous = probe(device)?;
     if !previous.is_blank() && !options.force {

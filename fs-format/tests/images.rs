@@ -5,7 +5,8 @@ mod common;
 
 use common::{TempDir, blkid, require_tools, run};
 use fs_format::{
-    DetectedFs, FsType, FsckOptions, FsckOutcome, MkfsOptions, Probe, fsck, mkfs, probe,
+    DetectedFs, Error, FsType, FsckOptions, FsckOutcome, MkfsArgs, MkfsOptions, Probe, fsck, mkfs,
+    mkfs_argv, probe,
 };
 
 const SIZE: u64 = 512 << 20;
@@ -52,6 +53,73 @@ fn mkfs_and_probe_image_files() {
             FsType::Btrfs => assert!(cmd.contains(" --nodiscard "), "{cmd}"),
         }
     }
+}
+
+/// Runs a mkfs command line (from [`mkfs_argv`]) directly, under `timeout`; true when it
+/// succeeded.
+fn tool_accepts(argv: &[std::ffi::OsString]) -> bool {
+    std::process::Command::new("timeout")
+        .arg("120")
+        .args(argv)
+        .output()
+        .expect("run mkfs")
+        .status
+        .success()
+}
+
+#[test]
+fn minimum_sizes_match_the_tools_and_smaller_devices_are_refused_before_mkfs() {
+    if !require_tools(&["mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "timeout"]) {
+        return;
+    }
+    let dir = TempDir::new("fs-format-min");
+    let cases: [(FsType, &str); 5] = [
+        (FsType::Ext4, ""),
+        (FsType::Xfs, ""),
+        (FsType::Btrfs, ""),
+        (FsType::Btrfs, "-d dup"),
+        (FsType::Btrfs, "-d dup -m single"),
+    ];
+    for (i, (fs, extra)) in cases.into_iter().enumerate() {
+        let opts = MkfsOptions::default().with_extra_str(extra);
+        let min = MkfsArgs::parse_str(fs, extra).unwrap().min_size();
+        assert_eq!(min % 4096, 0);
+        // The encoded minimum is the tool's: one 4 KiB step below, the tool itself
+        // refuses (xfs with only its usage text); at the minimum it succeeds.
+        let below = dir.sparse_file(&format!("{i}-below.img"), min - 4096);
+        assert!(
+            !tool_accepts(&mkfs_argv(&below, fs, &opts).unwrap()),
+            "{fs} {extra:?}: the tool accepted {} bytes, below the encoded minimum {min}",
+            min - 4096
+        );
+        let at = dir.sparse_file(&format!("{i}-at.img"), min);
+        let report = mkfs(&at, fs, &opts).unwrap_or_else(|e| panic!("{fs} {extra:?}: {e}"));
+        assert_eq!(report.fs.kind.fs_type(), fs);
+
+        // Below the minimum, mkfs refuses with an error naming both sizes, and the
+        // device is untouched.
+        let small = dir.sparse_file(&format!("{i}-small.img"), min - 4096);
+        match mkfs(&small, fs, &opts) {
+            Err(e @ Error::TooSmall { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&(min - 4096).to_string()), "{msg}");
+                assert!(msg.contains(&min.to_string()), "{msg}");
+                assert!(msg.contains(fs.as_str()), "{msg}");
+            }
+            other => panic!("{fs} {extra:?}: expected TooSmall, got {other:?}"),
+        }
+        assert_eq!(probe(&small).unwrap(), Probe::Blank);
+    }
+    assert_eq!(FsType::Xfs.min_size(), 300 << 20);
+    assert_eq!(FsType::Btrfs.min_size(), 109 << 20);
+    let e = mkfs(
+        dir.sparse_file("xfs-256m.img", 256 << 20),
+        FsType::Xfs,
+        &MkfsOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("256 MiB") && e.contains("300 MiB"), "{e}");
 }
 
 #[test]

@@ -84,14 +84,16 @@ impl IoCtx {
         Ok(io)
     }
 
-    /// A new, independent I/O context on the same pool and namespace.
+    /// A new, independent I/O context on the same pool and namespace
+    /// (`rados_ioctx_create`, then `rados_ioctx_set_namespace`).
     pub fn try_clone(&self) -> Result<IoCtx> {
         let mut io = IoCtx::create(&self.rados, &self.pool)?;
         io.set_namespace(&self.namespace)?;
         Ok(io)
     }
 
-    /// A new I/O context on the same pool in another namespace.
+    /// A new I/O context on the same pool in another namespace (`rados_ioctx_create`,
+    /// then `rados_ioctx_set_namespace`); this one is left as it is.
     pub fn with_namespace(&self, namespace: &str) -> Result<IoCtx> {
         let mut io = IoCtx::create(&self.rados, &self.pool)?;
         io.set_namespace(namespace)?;

@@ -142,8 +142,10 @@ impl Rados {
     }
 
     /// Blocklists (fences) an address until `expire` from now, or for the monitor's
-    /// default (one hour) when `None` (`osd blocklist add` mon command). Afterwards waits
-    /// for the new OSD map so this connection's next operations see it.
+    /// default (one hour) when `None`: `rados_mon_command` with the mon command
+    /// `{"prefix": "osd blocklist", "blocklistop": "add", "addr": ..., "expire": ...}`
+    /// (`ceph osd blocklist add ADDR [SECS]`). Afterwards waits for the new OSD map
+    /// (`rados_wait_for_latest_osdmap`) so this connection's next operations see it.
     ///
     /// Blocklisting a [whole-host](EntityAddr::whole_host) address fences every client on
     /// that host.
@@ -167,8 +169,10 @@ impl Rados {
         self.wait_for_latest_osdmap()
     }
 
-    /// Removes an address from the blocklist (`osd blocklist rm` mon command). Removing
-    /// an address that is not listed succeeds.
+    /// Removes an address from the blocklist: `rados_mon_command` with the mon command
+    /// `{"prefix": "osd blocklist", "blocklistop": "rm", "addr": ...}` (`ceph osd
+    /// blocklist rm ADDR`), then `rados_wait_for_latest_osdmap`. Removing an address that
+    /// is not listed succeeds.
     pub fn blocklist_rm(&self, addr: &EntityAddr) -> Result<()> {
         let cmd = serde_json::json!({
             "prefix": "osd blocklist",
@@ -179,7 +183,8 @@ impl Rados {
         self.wait_for_latest_osdmap()
     }
 
-    /// The current OSD blocklist (`osd blocklist ls` mon command).
+    /// The current OSD blocklist: `rados_mon_command` with the mon command
+    /// `{"prefix": "osd blocklist ls", "format": "json"}` (`ceph osd blocklist ls`).
     pub fn blocklist_ls(&self) -> Result<Vec<BlocklistEntry>> {
         let reply = self.mon_command(
             &serde_json::json!({"prefix": "osd blocklist ls", "format": "json"}),
@@ -194,7 +199,9 @@ impl Rados {
         })
     }
 
-    /// True when `addr`'s client instance is on the blocklist (`osd blocklist ls`).
+    /// True when `addr`'s client instance is on the blocklist: [`Rados::blocklist_ls`]
+    /// (`rados_mon_command`, mon command `osd blocklist ls`), matched by IP, port and nonce
+    /// (range entries are not considered).
     pub fn is_blocklisted(&self, addr: &EntityAddr) -> Result<bool> {
         Ok(self
             .blocklist_ls()?

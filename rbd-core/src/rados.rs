@@ -21,7 +21,9 @@ pub const MIN_LIBRADOS: (i32, i32, i32) = (3, 0, 0);
 /// These bound every librados and librbd call: a call that cannot reach a mon or an OSD
 /// fails with [`crate::ErrorKind::Timeout`] instead of blocking forever. Ceph's own defaults
 /// are "wait forever" for OSD and mon ops, which is what makes a down cluster freeze other
-/// tools; ours are finite.
+/// tools; ours are finite. Each is applied in whole seconds, rounded up (at least 1 s);
+/// one above [`MAX_TIMEOUT`] makes [`Rados::connect`] fail with `InvalidInput`, as does
+/// a zero or endless value given through [`ConnectOptions::option`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// `rados_mon_op_timeout`: mon commands and map requests.
@@ -372,10 +374,32 @@ impl Rados {
     /// Sets a configuration option (`rados_conf_set`).
     ///
     /// Options that only matter at connect time have no effect afterwards.
-    /// Refuses (`InvalidInput`) settings that would make librbd calls hang instead of
-    /// failing (`rbd_disable_zero_copy_writes = false`, see [`Rados::connect`]).
+    /// Refuses (`InvalidInput`, the option unchanged) settings that would let calls hang
+    /// instead of failing:
+    /// * `rbd_disable_zero_copy_writes = false` (see [`Rados::connect`]);
+    /// * a `rados_osd_op_timeout`, `rados_mon_op_timeout` or `client_mount_timeout` of
+    ///   zero (Ceph's "no timeout") or above [`MAX_TIMEOUT`]. The value is checked as Ceph
+    ///   parsed it (`2m`, `1h 30m` and `90 s` are accepted forms), read back with
+    ///   `rados_conf_get`.
+    ///
+    /// This applies to [`ConnectOptions::option`] too: those are set through here.
     pub fn conf_set(&self, key: &str, value: &str) -> Result<()> {
         refuse_hanging_option(key, value)?;
+        let Some(name) = timeout_option(key) else {
+            return self.conf_set_raw(key, value);
+        };
+        let before = self.conf_get(name)?;
+        self.conf_set_raw(key, value)?;
+        let now = self.conf_get(name)?;
+        if let Err(e) = check_timeout_value(key, value, &now) {
+            // Put the bound back: the handle must never be left without one.
+            self.conf_set_raw(name, &before)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn conf_set_raw(&self, key: &str, value: &str) -> Result<()> {
         let k = cstring("config option", key)?;
         let v = cstring("config value", value)?;
         // SAFETY: valid handle and C strings that outlive the call.
@@ -513,11 +537,83 @@ impl Rados {
     }
 }
 
-/// Refuses configuration that makes librbd calls hang instead of failing: zero-copy aio
-/// writes (`rbd_disable_zero_copy_writes = false`), whose early failures never complete in
-/// librbd 16.2 (verified: a write through a read-only handle, or by a blocklisted client).
+/// The longest value accepted for the timeout options (`rados_osd_op_timeout`,
+/// `rados_mon_op_timeout`, `client_mount_timeout`): one day. Anything longer is "forever"
+/// for every practical purpose, and a call must never hang forever.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The options that bound librados/librbd calls, for which Ceph reads 0 as "no timeout".
+const TIMEOUT_OPTIONS: [&str; 3] = [
+    "rados_osd_op_timeout",
+    "rados_mon_op_timeout",
+    "client_mount_timeout",
+];
+
+/// A config key in Ceph's canonical form (`rados osd-op timeout` -> `rados_osd_op_timeout`).
+fn canonical_option(key: &str) -> String {
+    key.trim().replace(['-', ' '], "_")
+}
+
+/// The canonical name, when `key` is one of [`TIMEOUT_OPTIONS`].
+fn timeout_option(key: &str) -> Option<&'static str> {
+    let k = canonical_option(key);
+    TIMEOUT_OPTIONS.into_iter().find(|o| *o == k)
+}
+
+/// The error for an unusable timeout option value.
+fn timeout_refused(key: &str, value: &str, why: &str) -> Error {
+    Error::invalid(
+        "config option",
+        format!("{key}={value}"),
+        format!(
+            "{why}; rbd-core bounds every call, so a timeout option must be between 1 s and \
+             {} s",
+            MAX_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+const NO_TIMEOUT: &str = "0 means \"no timeout\" to Ceph: calls could hang forever";
+
+/// Checks a timeout option's value as Ceph parsed it (`effective`: whole seconds, from
+/// `rados_conf_get`): it must be at least 1 s and at most [`MAX_TIMEOUT`].
+fn check_timeout_value(key: &str, value: &str, effective: &str) -> Result<()> {
+    match effective.trim().parse::<u64>() {
+        Ok(0) => Err(timeout_refused(key, value, NO_TIMEOUT)),
+        Ok(s) if s > MAX_TIMEOUT.as_secs() => Err(timeout_refused(
+            key,
+            value,
+            &format!("{s} s is effectively no timeout"),
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(timeout_refused(
+            key,
+            value,
+            &format!("Ceph reads it as {effective:?}, not a number of seconds"),
+        )),
+    }
+}
+
+/// Refuses configuration that makes calls hang instead of failing, where the text alone
+/// shows it:
+/// * zero-copy aio writes (`rbd_disable_zero_copy_writes = false`), whose early failures
+///   never complete in librbd 16.2 (verified: a write through a read-only handle, or by a
+///   blocklisted client);
+/// * a timeout option (see [`TIMEOUT_OPTIONS`]) given as a plain number that is zero,
+///   negative, not a number or above [`MAX_TIMEOUT`] (`inf` included). Other forms (`2m`,
+///   `1h 30m`) are checked once Ceph has parsed them, in [`Rados::conf_set`].
 fn refuse_hanging_option(key: &str, value: &str) -> Result<()> {
-    let k = key.trim().replace(['-', ' '], "_");
+    if timeout_option(key).is_some()
+        && let Ok(secs) = value.trim().parse::<f64>()
+    {
+        if secs.is_nan() || secs <= 0.0 {
+            return Err(timeout_refused(key, value, NO_TIMEOUT));
+        }
+        if secs > MAX_TIMEOUT.as_secs_f64() {
+            return Err(timeout_refused(key, value, "effectively no timeout"));
+        }
+    }
+    let k = canonical_option(key);
     let off = matches!(
         value.trim().to_ascii_lowercase().as_str(),
         "false" | "0" | "no" | "off"
@@ -562,10 +658,16 @@ fn name_from_args(args: &str) -> Option<String> {
 
 /// Runs a blocking closure with a deadline on a helper thread.
 ///
-/// Used only where librados/librbd have no timeout of their own (e.g. operations that
-/// retry internally while our client is blocklisted). On timeout the caller gets
-/// [`Error::Timeout`] at once; the helper thread finishes (or not) in the background and its
-/// result is dropped. The closure must therefore own everything it touches.
+/// rbd-core's own calls do not need it and do not use it: each is bounded by the
+/// connection's [`Timeouts`] (`rados_osd_op_timeout`, `rados_mon_op_timeout`,
+/// `client_mount_timeout`, which [`Rados::conf_set`] never lets be "no timeout"), and the
+/// fencing and timeout tests check that calls fail within them. This is for callers that
+/// want a hard wall-clock bound of their own on a call or a group of calls (a daemon's
+/// shutdown path, a test that must fail rather than hang if a bound ever broke).
+///
+/// On timeout the caller gets [`Error::Timeout`] at once; the helper thread finishes (or
+/// not) in the background and its result is dropped. The closure must therefore own
+/// everything it touches.
 pub fn with_deadline<T, F>(op: &'static str, ctx: Context, timeout: Duration, f: F) -> Result<T>
 where
     T: Send + 'static,
@@ -602,6 +704,44 @@ mod tests {
         assert!(refuse_hanging_option("rbd-disable-zero-copy-writes", "0").is_err());
         assert!(refuse_hanging_option("rbd_disable_zero_copy_writes", "true").is_ok());
         assert!(refuse_hanging_option("rbd_cache", "false").is_ok());
+    }
+
+    #[test]
+    fn zero_and_endless_timeouts_are_refused() {
+        for key in [
+            "rados_osd_op_timeout",
+            "rados mon op timeout",
+            "client-mount-timeout",
+        ] {
+            for v in ["0", " 0 ", "0.0", "-5", "inf", "NaN", "86401", "1e12"] {
+                let e = refuse_hanging_option(key, v).unwrap_err();
+                assert_eq!(e.kind(), crate::ErrorKind::InvalidInput, "{key}={v}");
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("{key}={v}")), "{msg}");
+                assert!(msg.contains("between 1 s and 86400 s"), "{msg}");
+            }
+            for v in ["1", "30", "86400", "2m", "1h 30m", "0s"] {
+                // (Unit forms are checked after Ceph parsed them, in conf_set.)
+                refuse_hanging_option(key, v).unwrap();
+            }
+        }
+        // Other options with a zero are none of our business.
+        refuse_hanging_option("rbd_cache_size", "0").unwrap();
+        refuse_hanging_option("osd_op_timeout", "0").unwrap();
+    }
+
+    #[test]
+    fn parsed_timeouts_are_checked() {
+        assert!(check_timeout_value("client_mount_timeout", "1", "1").is_ok());
+        assert!(check_timeout_value("client_mount_timeout", "1d", "86400").is_ok());
+        let e = check_timeout_value("rados_osd_op_timeout", "0s", "0").unwrap_err();
+        assert!(e.to_string().contains("no timeout"), "{e}");
+        let e = check_timeout_value("rados_osd_op_timeout", "2d", "172800").unwrap_err();
+        assert!(
+            e.to_string().contains("172800 s is effectively no timeout"),
+            "{e}"
+        );
+        assert!(check_timeout_value("rados_osd_op_timeout", "x", "x").is_err());
     }
 
     #[test]

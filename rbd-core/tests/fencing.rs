@@ -347,3 +347,112 @@ fn blocklisted_client_image_io_fails_promptly() {
     r.unwrap();
     assert!(took <= A_TIMEOUT + MARGIN, "close took {took:?}");
 }
+
+#[test]
+fn blocklisted_client_management_calls_fail_promptly() {
+    let Some((b, conf)) = common::connect() else {
+        return;
+    };
+    let a = Rados::connect(
+        &ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(Timeouts::uniform(A_TIMEOUT)),
+    )
+    .unwrap();
+    let addr = *a.getaddrs().unwrap().primary().unwrap();
+    let io_b = b.ioctx(common::POOL).unwrap();
+    // The default features: exclusive-lock, object-map (every management call below needs
+    // the lock, which a fenced client cannot get).
+    let name = testkit::unique("fence-mgmt");
+    const SIZE: u64 = 8 << 20;
+    rbd::create(&io_b, &name, SIZE, &ImageOptions::new()).unwrap();
+    struct Image1(IoCtx, String);
+    impl Drop for Image1 {
+        fn drop(&mut self) {
+            // A snapshot exists only if the fenced snap_create wrongly succeeded.
+            if let Ok(i) = Image::open(&self.0, &self.1, &OpenOptions::new()) {
+                let _ = i.snap_remove("fenced");
+            }
+            for _ in 0..30 {
+                match rbd::remove(&self.0, &self.1) {
+                    Err(e) if e.kind() == ErrorKind::Busy => {
+                        std::thread::sleep(Duration::from_secs(1))
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    let _image = Image1(b.ioctx(common::POOL).unwrap(), name.clone());
+    let _cleanup = Cleanup {
+        b: b.clone(),
+        addr,
+        oids: vec![],
+    };
+    let io_a = Arc::new(a.ioctx(common::POOL).unwrap());
+    // Opened (and used) before the fencing.
+    let img = Arc::new(Image::open(&io_a, &name, &OpenOptions::new()).unwrap());
+    img.metadata_set("before", "1").unwrap();
+
+    b.blocklist_add(&addr, Some(Duration::from_secs(600)))
+        .unwrap();
+    // B's write brings the OSD to the blocklisting map.
+    Image::open(&io_b, &name, &OpenOptions::new())
+        .unwrap()
+        .metadata_set("b", "works")
+        .unwrap();
+
+    let (r, took) = fenced_call("fenced open", {
+        let io = io_a.clone();
+        let name = name.clone();
+        move || Image::open(&io, &name, &OpenOptions::new()).map(|_| ())
+    });
+    assert_fenced("Image::open", r, took);
+    let (r, took) = fenced_call("fenced snap_create", {
+        let img = img.clone();
+        move || img.snap_create("fenced")
+    });
+    assert_fenced("snap_create", r, took);
+    let (r, took) = fenced_call("fenced resize", {
+        let img = img.clone();
+        move || img.resize(2 * SIZE, rbd_core::rbd::Shrink::Forbid)
+    });
+    assert_fenced("resize", r, took);
+    let (r, took) = fenced_call("fenced lock_acquire", {
+        let img = img.clone();
+        move || img.lock_acquire(rbd_core::rbd::LockMode::Exclusive)
+    });
+    assert_fenced("lock_acquire", r, took);
+    let (r, took) = fenced_call("fenced metadata_set", {
+        let img = img.clone();
+        move || img.metadata_set("after", "1")
+    });
+    assert_fenced("metadata_set", r, took);
+
+    // None of it reached the image; A holds no lock.
+    // (Read-write: librbd lists lock owners only through a read-write handle.)
+    let seen = Image::open(&io_b, &name, &OpenOptions::new()).unwrap();
+    assert_eq!(seen.size().unwrap(), SIZE);
+    assert!(seen.snap_list().unwrap().is_empty());
+    assert_eq!(seen.metadata_get("after").unwrap(), None);
+    assert_eq!(seen.metadata_get("before").unwrap().as_deref(), Some("1"));
+    let owners = seen.lock_get_owners().unwrap();
+    assert!(
+        !owners
+            .addrs()
+            .unwrap()
+            .iter()
+            .any(|o| o.same_instance(&addr)),
+        "the fenced client owns the lock: {owners:?}"
+    );
+    drop(seen);
+
+    let (r, took) = fenced_call("fenced image close", move || {
+        drop(img);
+        drop(io_a);
+        drop(a);
+        Ok(())
+    });
+    r.unwrap();
+    assert!(took <= A_TIMEOUT + MARGIN, "close took {took:?}");
+}

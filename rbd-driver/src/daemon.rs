@@ -381,3 +381,34 @@ impl Drop for NodeDaemon {
         self.shutdown();
     }
 }
+
+/// Set by SIGTERM or SIGINT once [`stop_on_signals`] has run.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGTERM and SIGINT request a stop instead of killing the process, for a
+/// foreground daemon loop (`rbdctl daemon`, the test agents) that polls
+/// [`stop_requested`] and then shuts its [`NodeDaemon`] down in order. Implements
+/// `sigaction(2)` for both signals.
+pub fn stop_on_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to a static atomic, which is async-signal-safe;
+        // the callers are a process's main loop, which owns its signal disposition.
+        unsafe { sigaction(sig, &action) }.map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// True once SIGTERM or SIGINT arrived after [`stop_on_signals`].
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::SeqCst)
+}

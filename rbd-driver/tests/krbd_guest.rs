@@ -13,17 +13,33 @@ fn krbd_in_a_qemu_guest() {
     let conf = env.conf.clone();
     let img_a = testkit::unique("krbd-a");
     let img_b = testkit::unique("krbd-b");
+    let ns = testkit::unique("krbd-ns");
+    let img_n = testkit::unique("krbd-n");
     let spec_a = format!("rbd/{img_a}");
     let spec_b = format!("rbd/{img_b}");
+    let spec_n = format!("rbd/{ns}/{img_n}");
+    let _ns = support::Namespace::create(&conf, "rbd", &ns);
     let _cleanup = support::Images {
         conf: conf.clone(),
-        specs: vec![spec_a.clone(), spec_b.clone()],
+        specs: vec![spec_a.clone(), spec_b.clone(), spec_n.clone()],
     };
+    // No object-map on B and N: krbd then locks on reads only with lock_on_read.
+    let no_object_map = ["--image-feature", "layering,exclusive-lock"];
     support::ceph_cli(&conf, "rbd", &["create", "--size", "16M", &spec_a]);
-    support::ceph_cli(&conf, "rbd", &["create", "--size", "64M", &spec_b]);
+    support::ceph_cli(
+        &conf,
+        "rbd",
+        &[&["create", "--size", "64M"][..], &no_object_map, &[&spec_b]].concat(),
+    );
     support::ceph_cli(&conf, "rbd", &["snap", "create", &format!("{spec_b}@s1")]);
+    support::ceph_cli(
+        &conf,
+        "rbd",
+        &[&["create", "--size", "16M"][..], &no_object_map, &[&spec_n]].concat(),
+    );
     let id_a = support::image_id(&conf, &spec_a);
     let id_b = support::image_id(&conf, &spec_b);
+    let id_n = support::image_id(&conf, &spec_n);
 
     let script = testkit::workspace_root().join("rbd-driver/tests/guest/krbd.sh");
     let run = support::run_guest(
@@ -36,6 +52,9 @@ fn krbd_in_a_qemu_guest() {
             ("IMG_B", img_b.clone()),
             ("ID_B", id_b.clone()),
             ("SNAP_B", "s1".into()),
+            ("NS", ns.clone()),
+            ("IMG_N", img_n.clone()),
+            ("ID_N", id_n.clone()),
         ],
     );
     assert!(
@@ -46,8 +65,12 @@ fn krbd_in_a_qemu_guest() {
     );
     assert_eq!(run.code, 0, "guest exit code; console:\n{}", run.console);
 
-    // Availability.
+    // Availability, and automatic selection: with the rbd module loaded, krbd comes first.
     assert!(run.step("check").ok(), "{:?}", run.step("check"));
+    let auto = run.step("checkAuto");
+    assert!(auto.ok(), "{auto:?}");
+    assert_eq!(auto.result()["selected"], "krbd", "{auto:?}");
+    assert_eq!(auto.json["backend"], "krbd", "{auto:?}");
 
     // The three mappings carry the image ids the host sees.
     let map_a = run.step("mapA");
@@ -112,6 +135,124 @@ fn krbd_in_a_qemu_guest() {
         assert_eq!(m, want.result(), "list and map agree on {dev}");
     }
 
+    // Map options, as the kernel and the cluster see them. (This kernel takes the exclusive
+    // lock at map time for every read-write head mapping of an image with exclusive-lock.)
+    // A: `exclusive` holds the lock and refuses to hand it over; queue_depth=32 sizes the
+    // tag set.
+    support::assert_lock_owner(run.step("lockA_map"), &addr_a, "exclusive map of A");
+    let words = |tag: &str| -> Vec<String> {
+        run.step(tag)
+            .out
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let opts_a = words("optsA");
+    for o in [
+        "exclusive",
+        "noshare",
+        "queue_depth=32",
+        "osd_request_timeout=60",
+    ] {
+        assert!(opts_a.iter().any(|w| w == o), "{o}: {opts_a:?}");
+    }
+    assert!(!opts_a.iter().any(|w| w == "lock_on_read"), "{opts_a:?}");
+    assert!(
+        !run.step("optsA").out.contains("secret"),
+        "the secret never leaves the guest's sysfs"
+    );
+    let qd = &run.step("qdA").out;
+    assert!(qd.contains("tags=32 "), "nr_tags of A's queue: {qd}");
+    eprintln!("krbd guest: A's queue with queue_depth=32: {qd}");
+    let steal_a = run.step("stealA");
+    assert!(
+        steal_a.rc != 0 && steal_a.rc != 124,
+        "another client's write to exclusively mapped A must fail, not hang: {steal_a:?}"
+    );
+    support::assert_lock_owner(run.step("lockA_kept"), &addr_a, "A after a lock request");
+    // B: lock_on_read. Another client can take the lock (B is not exclusive); then a read
+    // through B takes it back.
+    let opts_b = words("optsB");
+    assert!(opts_b.iter().any(|w| w == "lock_on_read"), "{opts_b:?}");
+    assert!(!opts_b.iter().any(|w| w == "exclusive"), "{opts_b:?}");
+    support::assert_lock_owner(run.step("lockB_map"), &addr_b, "map of B");
+    assert_eq!(run.step("stealB").rc, 0, "{:?}", run.step("stealB"));
+    let stolen = run.step("lockB_stolen");
+    assert!(
+        support::lockers(&stolen.out).is_empty(),
+        "the other client took B's lock and released it: {stolen:?}"
+    );
+    assert_eq!(run.step("readB").rc, 0, "{:?}", run.step("readB"));
+    support::assert_lock_owner(run.step("lockB_read"), &addr_b, "lock_on_read read of B");
+
+    // A read-only mapping of A's head: read-only device, reads the head's data, no writes.
+    let map_ar = run.step("mapAro");
+    assert!(map_ar.ok(), "{map_ar:?}");
+    assert_eq!(map_ar.result()["image_id"].as_str(), Some(id_a.as_str()));
+    assert_eq!(map_ar.result()["read_only"], true, "{map_ar:?}");
+    assert!(map_ar.result()["snap"].is_null(), "{map_ar:?}");
+    assert_eq!(
+        run.step("roflagAro").out.trim(),
+        "1",
+        "{:?}",
+        run.step("roflagAro")
+    );
+    assert_ne!(
+        run.step("ro_write_refused").rc,
+        0,
+        "writing to the read-only head mapping must fail"
+    );
+    assert!(run.step("unmapAro").ok(), "{:?}", run.step("unmapAro"));
+
+    // An image in a namespace, mapped with the automatic backend: krbd, `_pool_ns`, listed
+    // with its namespace, watched by the mapping's client. Without lock_on_read (and no
+    // object-map), once another client took the lock, a read does not take it back; the
+    // next write does.
+    let map_n = run.step("mapNs");
+    assert!(map_n.ok(), "{map_n:?}");
+    assert_eq!(map_n.json["backend"], "krbd", "{map_n:?}");
+    assert_eq!(map_n.result()["backend"], "krbd", "{map_n:?}");
+    assert_eq!(map_n.result()["namespace"].as_str(), Some(ns.as_str()));
+    assert_eq!(map_n.result()["image"].as_str(), Some(img_n.as_str()));
+    assert_eq!(map_n.result()["image_id"].as_str(), Some(id_n.as_str()));
+    let opts_n = words("optsNs");
+    assert!(
+        opts_n.contains(&format!("_pool_ns={ns}")) && !opts_n.iter().any(|w| w == "lock_on_read"),
+        "{opts_n:?}"
+    );
+    let listed_n = run.step("listNs");
+    assert!(
+        listed_n
+            .result()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == map_n.result()),
+        "the namespace mapping is listed as mapped: {listed_n:?}"
+    );
+    let addr_n = addr_of(map_n);
+    let watch_n = support::watcher_addrs(&run.step("statusNs").out);
+    assert!(
+        watch_n.len() == 1 && watch_n[0].same_instance(&addr_n),
+        "{addr_n} vs {watch_n:?}"
+    );
+    support::assert_lock_owner(run.step("lockNs_map"), &addr_n, "map of N");
+    assert_eq!(run.step("stealNs").rc, 0, "{:?}", run.step("stealNs"));
+    assert!(
+        support::lockers(&run.step("lockNs_stolen").out).is_empty(),
+        "{:?}",
+        run.step("lockNs_stolen")
+    );
+    assert_eq!(run.step("readNs").rc, 0, "{:?}", run.step("readNs"));
+    assert!(
+        support::lockers(&run.step("lockNs_read").out).is_empty(),
+        "a read without lock_on_read takes no lock: {:?}",
+        run.step("lockNs_read")
+    );
+    assert_eq!(run.step("writeNs").rc, 0, "{:?}", run.step("writeNs"));
+    support::assert_lock_owner(run.step("lockNs_write"), &addr_n, "first write to N");
+    assert!(run.step("unmapNs").ok(), "{:?}", run.step("unmapNs"));
+
     // The cluster sees those client instances as the images' watchers: the sysfs address
     // is the exact one to fence. (A snapshot mapping does not watch the header, so it is
     // not among the watchers; its address is still its own.)
@@ -133,6 +274,11 @@ fn krbd_in_a_qemu_guest() {
     assert_eq!(sha_data.len(), 64, "{:?}", run.step("sha_data"));
     assert_eq!(run.step("dd_write").rc, 0, "{:?}", run.step("dd_write"));
     assert_eq!(support::first_word(run.step("sha_readback")), sha_data);
+    assert_eq!(
+        support::first_word(run.step("sha_ro")),
+        sha_data,
+        "the read-only head mapping reads what A's read-write mapping wrote"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let export_a = tmp.path().join("a.img");
     support::ceph_cli(
@@ -205,11 +351,30 @@ fn krbd_in_a_qemu_guest() {
         "{end:?}"
     );
 
-    // After the guest: no watcher is left on either image.
-    for spec in [&spec_a, &spec_b] {
+    // After the guest: no watcher is left on any image, and the data written to N through
+    // the namespace mapping is in N.
+    for spec in [&spec_a, &spec_b, &spec_n] {
         let st = support::ceph_cli(&conf, "rbd", &["status", "--format", "json", spec]);
         assert!(support::watcher_addrs(&st).is_empty(), "{spec}: {st}");
     }
+    let export_n = tmp.path().join("n.img");
+    support::ceph_cli(
+        &conf,
+        "rbd",
+        &[
+            "export",
+            "--no-progress",
+            &spec_n,
+            export_n.to_str().unwrap(),
+        ],
+    );
+    let sha1 = support::first_word(run.step("sha_data1"));
+    assert_eq!(sha1.len(), 64, "{:?}", run.step("sha_data1"));
+    assert_eq!(
+        support::sha256_range(&export_n, 0, 1 << 20),
+        sha1,
+        "rbd export of {spec_n} sees the data written through the namespace mapping"
+    );
     eprintln!(
         "krbd guest: total {:.1} s; probe map A {} ms, map B (msgr2) {} ms, list {} ms",
         run.secs,

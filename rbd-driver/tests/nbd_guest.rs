@@ -48,6 +48,21 @@ fn nbd_in_a_qemu_guest() {
     assert_eq!(run.code, 0, "guest exit code; console:\n{}", run.console);
     assert!(run.step("check").ok(), "{:?}", run.step("check"));
 
+    // Automatic selection: with the rbd module unloaded, krbd is unavailable (and says
+    // why), and auto falls through to nbd.
+    assert_eq!(run.step("rmmod_rbd").rc, 0, "{:?}", run.step("rmmod_rbd"));
+    let krbd = run.step("checkKrbd");
+    assert!(!krbd.ok(), "{krbd:?}");
+    assert_eq!(krbd.variant(), "BackendUnavailable", "{krbd:?}");
+    assert!(
+        krbd.error().contains("rbd kernel module is not loaded"),
+        "{}",
+        krbd.error()
+    );
+    let auto = run.step("checkAuto");
+    assert!(auto.ok(), "{auto:?}");
+    assert_eq!(auto.result()["selected"], "nbd", "{auto:?}");
+
     // Mappings carry the host's image ids and the serving rbd-nbd pid.
     let map_c = run.step("mapC");
     let map_cs = run.step("mapCsnap");
@@ -66,6 +81,8 @@ fn nbd_in_a_qemu_guest() {
     assert_eq!(map_c.result()["read_only"], false);
     assert_eq!(map_cs.result()["read_only"], true);
     assert_eq!(map_cs.result()["snap"], "s1");
+    // D was mapped with `auto`.
+    assert_eq!(map_d.json["backend"], "nbd", "{map_d:?}");
 
     // The wrong image id is refused and leaves no mapping.
     let wrong = run.step("mapWrongId");
@@ -116,6 +133,31 @@ fn nbd_in_a_qemu_guest() {
             "{a} not among {watchers:?}"
         );
     }
+    // --exclusive: C's rbd-nbd owns the exclusive lock right after the map; D (not
+    // exclusive, no I/O yet) has no locker.
+    support::assert_lock_owner(run.step("lockC_map"), &addr_c, "rbd-nbd --exclusive");
+    assert!(
+        support::lockers(&run.step("lockD_map").out).is_empty(),
+        "{:?}",
+        run.step("lockD_map")
+    );
+    // --io-timeout 60 is the nbd device's request timeout; D, without it, has another.
+    let t_c = run.step("timeoutC");
+    assert_eq!(
+        t_c.out.trim(),
+        "60000",
+        "io_timeout (ms) of C's device: {t_c:?}"
+    );
+    let t_d = run.step("timeoutD");
+    assert!(
+        t_d.rc == 0 && t_d.out.trim().parse::<u64>().is_ok_and(|ms| ms != 60000),
+        "io_timeout (ms) of D's device, mapped without --io-timeout: {t_d:?}"
+    );
+    eprintln!(
+        "nbd guest: queue io_timeout with --io-timeout 60: {} ms, without: {} ms",
+        t_c.out.trim(),
+        t_d.out.trim()
+    );
     assert!(
         run.step("procs").out.contains("count=2"),
         "{:?}",

@@ -487,6 +487,9 @@ fn seed_004_remove_on_b_while_a_is_dead_then_recreate() {
     let ma = local_mapping(&a, v);
     let a_addr = addr(&ma["client_addr"]);
     let a_dev = PathBuf::from(ma["device"].as_str().unwrap());
+    // The binding's identity (its path in sysfs changes once A's FUSE mount is lazily
+    // unmounted).
+    let a_bind = loopdev::binding_id(loopdev::parse_device(&a_dev).unwrap()).expect("bound");
     let ha = e.holder(&"n1".parse().unwrap()).unwrap();
     assert_eq!(
         ha.client_addr,
@@ -565,8 +568,9 @@ fn seed_004_remove_on_b_while_a_is_dead_then_recreate() {
     // Its loop device is released (A has mapped nothing new yet: no binding to A's
     // mapper files may remain).
     assert!(
-        wait_until(Duration::from_secs(10), || loopdev::backing_file(n)
-            .is_none_or(|b| !b.starts_with(&a.run))),
+        wait_until(Duration::from_secs(10), || !loopdev::is_bound_to(
+            n, &a_bind
+        )),
         "{} is still bound to the old mapping: {:?}",
         a_dev.display(),
         loopdev::backing_file(n)

@@ -1107,3 +1107,407 @@ fn unaligned_discard_and_zeroout_read_back_as_zeros() {
     drop(image);
     fx.mapper.unmap(&m, false).unwrap();
 }
+
+/// Binds placeholder loop devices (on `backing`, autoclear: they go when dropped) to
+/// every free loop device numbered below `want`, so that the next map gets
+/// `/dev/loop<want>`. `None` when `want` itself was taken meanwhile.
+fn hold_loops_below(want: u32, backing: &Path) -> Option<Vec<loopdev::LoopDevice>> {
+    let opts = loopdev::AttachOptions {
+        read_only: true,
+        direct_io: false,
+        require_direct_io: false,
+        autoclear: true,
+        block_size: 0,
+    };
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let d = loopdev::LoopDevice::attach(backing, &opts).unwrap();
+        match d.number().cmp(&want) {
+            std::cmp::Ordering::Less => held.push(d),
+            // The lowest free device is the one we want: give it back for the map.
+            std::cmp::Ordering::Equal => {
+                d.detach().unwrap();
+                return Some(held);
+            }
+            std::cmp::Ordering::Greater => return None,
+        }
+    }
+    None
+}
+
+/// A mapper killed with SIGKILL leaves its record and its dead FUSE mount; once nobody
+/// holds its loop device, the device is freed and a new mapping (here: the same image
+/// mapped again, as a reattach after the crash would) may get the same number. The dead
+/// record must then never claim that device: `list` shows the device once, for the live
+/// mapping, and unmapping the dead mapping cleans up only what the dead mapper left.
+#[test]
+fn a_dead_mappers_record_never_claims_its_reused_loop_device() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-reuse", 16 * MIB);
+    let filler = fx.run.path().join("filler.img");
+    File::create(&filler).unwrap().set_len(MIB).unwrap();
+    let entry_of = |pid: u32| {
+        fx.mapper
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.record.pid == pid)
+    };
+    let mut attempts = 0;
+    let (dead, live) = loop {
+        attempts += 1;
+        let m1 = fx.map(&img);
+        let pid1 = m1.pid.unwrap();
+        let bind1 = entry_of(pid1)
+            .unwrap()
+            .record
+            .backing
+            .expect("the record names its loop binding");
+        direct_write(&m1.device, 0, &pattern(61, 65536)).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid1 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(wait_until(Duration::from_secs(5), || !proc_alive(pid1)));
+        // Its watch would linger until the OSD times it out.
+        fx.blocklist(&m1.client_addr.unwrap());
+        // Nobody holds the device: autoclear frees it.
+        let n = loopdev::parse_device(&m1.device).unwrap();
+        assert!(loopdev::wait_detached(n, &bind1, Duration::from_secs(10)));
+        let held = hold_loops_below(n, &filler);
+        let m2 = fx.map(&img);
+        drop(held);
+        if m2.device == m1.device {
+            break (m1, m2);
+        }
+        // Another process took the device meanwhile: clean up and try again.
+        fx.mapper.unmap(&m2, false).unwrap();
+        let leftover = Mapping {
+            pid: None,
+            device: PathBuf::new(),
+            ..m1.clone()
+        };
+        fx.mapper.unmap(&leftover, true).unwrap();
+        assert!(attempts < 5, "could not get {} reused", m1.device.display());
+    };
+    let pid1 = dead.pid.unwrap();
+    let pid2 = live.pid.unwrap();
+    let dead_entry = entry_of(pid1).unwrap();
+    assert_eq!(
+        dead_entry.state,
+        EntryState::Dead {
+            loop_bound: false,
+            fuse_mounted: true
+        }
+    );
+    assert!(!dead_entry.owns_device());
+    assert_eq!(entry_of(pid2).unwrap().state, EntryState::Running);
+
+    // The device is listed once: for the live mapping. The dead one is still listed (its
+    // client may need fencing, its FUSE mount cleaning), without a device.
+    let list = fx.mapper.list().unwrap();
+    let on_device: Vec<&Mapping> = list.iter().filter(|m| m.device == live.device).collect();
+    assert_eq!(on_device, vec![&live], "{list:#?}");
+    let listed_dead = list
+        .iter()
+        .find(|m| m.pid.is_none() && m.client_addr == dead.client_addr)
+        .expect("the dead mapping is listed")
+        .clone();
+    assert_eq!(listed_dead.device, PathBuf::new());
+    assert_eq!(listed_dead.image_id, img.id);
+    // So is it by image id (what the volume layer looks for).
+    let by_id = mapper::find_by_image_id(&fx.cfg(), POOL, "", &img.id).unwrap();
+    assert_eq!(
+        by_id.iter().filter(|m| m.device == live.device).count(),
+        1,
+        "{by_id:#?}"
+    );
+
+    // Unmapping the dead mapping, as listed now, cleans up its leftovers only.
+    fx.mapper.unmap(&listed_dead, true).unwrap();
+    let dead_paths = fx.paths(&dead_entry.record.token);
+    assert!(!dead_paths.record().exists());
+    assert!(!is_mounted(&dead_paths.mountpoint()));
+    // As listed before the device was reused (device set, no pid): no dead record is
+    // left, so it is refused, and the live mapping is untouched either way.
+    let stale = Mapping {
+        pid: None,
+        ..dead.clone()
+    };
+    assert!(matches!(
+        fx.mapper.unmap(&stale, true),
+        Err(DriverError::Map { .. })
+    ));
+    assert!(proc_alive(pid2), "the live mapper was killed");
+    let n = loopdev::parse_device(&live.device).unwrap();
+    let live_entry = entry_of(pid2).unwrap();
+    assert_eq!(
+        loopdev::backing_file(n),
+        Some(live_entry.record.fuse_file.clone())
+    );
+    direct_write(&live.device, MIB, &pattern(62, 65536)).unwrap();
+    assert_eq!(
+        direct_read(&live.device, 0, 65536).unwrap(),
+        pattern(61, 65536)
+    );
+    assert_eq!(fx.mapper.list().unwrap(), vec![live.clone()]);
+    fx.mapper.unmap(&live, false).unwrap();
+    fx.assert_gone(&live, &live_entry.record.token);
+}
+
+/// Cleans up after a test that maps from its own cluster: kills its mappers (by their
+/// own pids), detaches the loop devices on its files, unmounts its FUSE mounts.
+struct OwnRunDir {
+    run: tempfile::TempDir,
+    mapper: UserspaceMapper,
+}
+
+impl Drop for OwnRunDir {
+    fn drop(&mut self) {
+        for e in self.mapper.entries().unwrap_or_default() {
+            if proc_alive(e.record.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(e.record.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                wait_until(Duration::from_secs(5), || !proc_alive(e.record.pid));
+            }
+        }
+        let dir = record::dir(self.run.path());
+        if let Ok(loops) = loopdev::list() {
+            for l in loops.iter().filter(|l| l.backing_file.starts_with(&dir)) {
+                let _ = loopdev::detach(l.number);
+            }
+        }
+        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for l in mi.lines() {
+                if let Some(mp) = l.split(' ').nth(4)
+                    && Path::new(mp).starts_with(self.run.path())
+                {
+                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+/// When the cluster stops answering (here: the only OSD of a cluster of the test's own
+/// is stopped), every I/O fails with EIO at its deadline, and once nothing has reached
+/// the cluster for longer than `give_up_after_secs` the mapper fails all I/O, tears the
+/// mapping down and exits with its own status, saying why. The I/O runs on a thread
+/// with a hard limit, so the test cannot hang.
+#[test]
+fn an_unreachable_cluster_makes_the_mapper_give_up_and_exit() {
+    // Gated like every Ceph test; the cluster used is a private one, so stopping its OSD
+    // disturbs no other test.
+    let Some(_shared) = testkit::ceph_conf() else {
+        return;
+    };
+    if !testkit::require_root() {
+        return;
+    }
+    const GIVE_UP: u32 = 10;
+    let cluster = testkit::cluster::PrivateCluster::start();
+    let conf = cluster.conf().to_path_buf();
+    let rados = Rados::connect(
+        &ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(Timeouts::uniform(Duration::from_secs(20))),
+    )
+    .expect("connect to the private cluster");
+    let io = rados.ioctx(POOL).unwrap();
+    let name = testkit::unique("umap-gone");
+    rbd_core::rbd::create(&io, &name, 16 * MIB, &ImageOptions::new()).unwrap();
+    let id = rbd_core::rbd::image_id_by_name(&io, &name).unwrap();
+    let run = tempfile::Builder::new()
+        .prefix("umap-g")
+        .tempdir_in("/run")
+        .unwrap();
+    let mapper = UserspaceMapper::new(&MapperConfig {
+        run_dir: run.path().to_path_buf(),
+        umap_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_rbd-umap"))),
+        ..MapperConfig::default()
+    })
+    .with_check_interval(Duration::from_millis(500));
+    let own = OwnRunDir {
+        run,
+        mapper: mapper.clone(),
+    };
+    let m = mapper
+        .map(&MapRequest {
+            pool: POOL.into(),
+            namespace: String::new(),
+            image: name.clone(),
+            image_id: id,
+            snap: None,
+            read_only: false,
+            exclusive: false,
+            auth: CephAuth {
+                conf: conf.clone(),
+                id: "admin".into(),
+                keyring: None,
+            },
+            options: MapOptions {
+                io_timeout_secs: Some(IO_TIMEOUT),
+                give_up_after_secs: Some(GIVE_UP),
+                ..MapOptions::default()
+            },
+        })
+        .unwrap();
+    let pid = m.pid.unwrap();
+    let n = loopdev::parse_device(&m.device).unwrap();
+    let bind = loopdev::binding_id(n).expect("bound");
+    let token = mapper
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.record.pid == pid)
+        .unwrap()
+        .record
+        .token;
+    let paths = Paths::new(own.run.path(), &token);
+    direct_write(&m.device, 0, &pattern(71, 1 << 20)).unwrap();
+    assert_eq!(direct_read(&m.device, 0, 4096).unwrap(), pattern(71, 4096));
+
+    cluster.stop("osd.0");
+    let stopped = Instant::now();
+    // Keep writing, with the device open, until the mapper is gone.
+    let dev = m.device.clone();
+    let limit = Duration::from_secs(u64::from(GIVE_UP) + 45);
+    let (writes, _) = testkit::cmd::bounded(limit, move || {
+        let f = open_direct(&dev, true).unwrap();
+        let a = Aligned::from(&pattern(72, 4096));
+        let mut out = Vec::new();
+        while proc_alive(pid) && stopped.elapsed() < Duration::from_secs(40) {
+            let t = Instant::now();
+            let r = f.write_all_at(a.as_ref(), 8192);
+            out.push((t.elapsed(), r.map_err(|e| e.raw_os_error())));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        out
+    })
+    .expect("I/O on a mapping of an unreachable cluster hung");
+    let gone_after = stopped.elapsed();
+    eprintln!(
+        "mapper gone {gone_after:?} after the OSD stopped; {} writes, each failed in {:?}",
+        writes.len(),
+        writes.iter().map(|w| w.0).collect::<Vec<_>>()
+    );
+    assert!(
+        !proc_alive(pid),
+        "the mapper still runs after {gone_after:?}"
+    );
+    assert!(!writes.is_empty());
+    for (took, r) in &writes {
+        assert_eq!(*r, Err(Some(libc::EIO)), "{writes:?}");
+        assert!(
+            *took < Duration::from_secs(u64::from(IO_TIMEOUT) + 3),
+            "an I/O took {took:?}: {writes:?}"
+        );
+    }
+    assert!(
+        gone_after >= Duration::from_secs(u64::from(GIVE_UP))
+            && gone_after < Duration::from_secs(u64::from(GIVE_UP) + 25),
+        "the mapper exited {gone_after:?} after the OSD stopped"
+    );
+    // It exited cleanly, with its own status, saying why.
+    let report: record::ExitReport =
+        serde_json::from_slice(&std::fs::read(paths.exit()).unwrap()).unwrap();
+    assert_eq!(report.code, exit::UNREACHABLE, "{report:?}");
+    assert!(report.reason.contains("unreachable"), "{report:?}");
+    let log = std::fs::read_to_string(paths.log()).unwrap();
+    assert!(log.contains("stopping: unreachable"), "{log}");
+    assert!(!paths.record().exists());
+    assert!(!is_mounted(&paths.mountpoint()));
+    assert!(loopdev::wait_detached(n, &bind, Duration::from_secs(10)));
+    assert!(mapper.list().unwrap().is_empty());
+    drop(own);
+    drop(io);
+    drop(rados);
+    drop(cluster);
+}
+
+/// `mapper::select`, as the Driver and `rbdctl map` call it. This host (like the CI host)
+/// has neither the rbd nor the nbd kernel module, so automatic selection must fall through
+/// krbd and nbd to the userspace mapper, and a request for krbd or nbd by name must fail
+/// with `BackendUnavailable` saying which module is missing. (The guest tests,
+/// `krbd_guest.rs` and `nbd_guest.rs`, check that `auto` picks krbd, then nbd, where the
+/// kernel has them.)
+#[test]
+fn automatic_selection_picks_userspace_without_rbd_and_nbd_modules() {
+    let Some(fx) = Fixture::new() else { return };
+    let cfg = fx.cfg();
+    let rbd_bus = Path::new("/sys/bus/rbd");
+    let nbd_mod = Path::new("/sys/module/nbd");
+    assert!(
+        !rbd_bus.exists() && !nbd_mod.exists() && !Path::new("/dev/nbd0").exists(),
+        "this test expects a host kernel without the rbd and nbd modules (the CI host); \
+         found {} or {}: the guest tests cover selection where they exist",
+        rbd_bus.display(),
+        nbd_mod.display()
+    );
+
+    // Asking for a backend by name: it must be available, and the error says why not.
+    match mapper::select(Some(Backend::Krbd), &cfg) {
+        Err(DriverError::BackendUnavailable { backend, reason }) => {
+            assert_eq!(backend, Backend::Krbd);
+            assert!(
+                reason.contains("/sys/bus/rbd") && reason.contains("rbd kernel module"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("krbd: expected BackendUnavailable, got {e:?}"),
+        Ok(m) => panic!("krbd selected on a host without it: {:?}", m.backend()),
+    }
+    match mapper::select(Some(Backend::Nbd), &cfg) {
+        Err(e @ DriverError::BackendUnavailable { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("the nbd mapper is not available")
+                    && msg.contains("nbd kernel module is not loaded"),
+                "{msg}"
+            );
+        }
+        Err(e) => panic!("nbd: expected BackendUnavailable, got {e:?}"),
+        Ok(m) => panic!("nbd selected on a host without it: {:?}", m.backend()),
+    }
+
+    // Automatic: userspace, and it really maps (by image id) and unmaps.
+    let auto = mapper::select(None, &cfg).expect("automatic selection");
+    assert_eq!(auto.backend(), Backend::Userspace);
+    let named = mapper::select(Some(Backend::Userspace), &cfg).unwrap();
+    assert_eq!(named.backend(), Backend::Userspace);
+    let img = fx.image("umap-auto", 16 * MIB);
+    let m = auto.map(&fx.req(&img)).unwrap();
+    assert_eq!(m.backend, Backend::Userspace);
+    assert_eq!(m.image_id, img.id);
+    assert_eq!(
+        mapper::find_by_image_id(&cfg, POOL, "", &img.id).unwrap(),
+        vec![m.clone()],
+        "list_all over every available backend finds the mapping by image id"
+    );
+    direct_write(&m.device, 0, &pattern(91, 4096)).unwrap();
+    let token = fx.token_of(&m);
+    auto.unmap(&m, false).unwrap();
+    fx.assert_gone(&m, &token);
+
+    // Nothing usable: the error names every backend's reason.
+    let none = MapperConfig {
+        umap_bin: Some(fx.run.path().join("no-such-rbd-umap")),
+        ..cfg
+    };
+    match mapper::select(None, &none) {
+        Err(DriverError::BackendUnavailable { reason, .. }) => {
+            assert!(
+                reason.starts_with("no mapper backend is usable"),
+                "{reason}"
+            );
+            for want in ["krbd", "nbd", "userspace", "no-such-rbd-umap"] {
+                assert!(reason.contains(want), "{want:?} missing from {reason}");
+            }
+        }
+        Err(e) => panic!("expected BackendUnavailable, got {e:?}"),
+        Ok(m) => panic!("selected {:?} without a mapper binary", m.backend()),
+    }
+}

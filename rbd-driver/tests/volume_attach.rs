@@ -8,7 +8,7 @@ mod volume_support;
 use rbd_core::{Image, OpenOptions};
 use rbd_driver::DriverError;
 use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
-use rbd_driver::volume::{AccessMode, FormatAt, Phase};
+use rbd_driver::volume::{AccessMode, Driver, FormatAt, OWNER_FILE, Phase};
 use volume_support::attach::{
     assert_detached, fs_size, mappings, mount_at, node_config, pid_alive, sha256, write_file,
 };
@@ -279,14 +279,29 @@ fn take_over_forces_the_holding_node_to_release_and_refusals_name_it() {
     env.assert_nothing(POOL, "", &name);
 }
 
-fn has_cap_sys_resource() -> bool {
+/// This process's effective capabilities (`CapEff`).
+fn cap_eff() -> u64 {
     let st = std::fs::read_to_string("/proc/self/status").unwrap();
-    let eff = st
-        .lines()
+    st.lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap();
-    eff & (1 << 24) != 0
+        .unwrap()
+}
+
+/// `CAP_SYS_RESOURCE` (capability.h): the kernel requires it for online ext4 resizes
+/// (EXT4_IOC_RESIZE_FS).
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// The error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 #[test]
@@ -323,25 +338,44 @@ fn resize_grows_the_mounted_filesystem_and_a_detached_one_at_next_attach() {
     d.detach(&name, "m2").unwrap();
     d.remove(&name, false).unwrap();
 
-    // ext4: online when the kernel lets us (CAP_SYS_RESOURCE), else offline at the next
-    // attach.
+    // ext4: online when the kernel lets us (CAP_SYS_RESOURCE), else the documented
+    // fallback: the image grows, the resize reports the refusal clearly, and the
+    // filesystem grows offline at the next read-write attach. Decided by the capability,
+    // not by the outcome.
+    let online_ext4 = cap_eff() & (1 << CAP_SYS_RESOURCE) != 0;
     let name = env.name("growe");
     d.create(&name, &spec(&[("size", "64M")])).unwrap();
     let mp = d.attach(&name, "m1", None).unwrap();
     let sum = write_file(&mp.join("f"), 1 << 20, 2);
     let before = fs_size(&mp);
     let r = d.resize(&name, 128 << 20);
-    if has_cap_sys_resource() {
+    if online_ext4 {
         r.unwrap();
         assert!(fs_size(&mp) > before + (50 << 20));
     } else {
-        let e = r.unwrap_err().to_string();
-        assert!(e.contains("next read-write attach"), "{e}");
+        let e = chain(&r.expect_err("an online ext4 grow succeeded without CAP_SYS_RESOURCE"));
+        assert!(
+            e.contains("resized to 134217728 bytes")
+                && e.contains("CAP_SYS_RESOURCE")
+                && e.contains("next read-write attach"),
+            "{e}"
+        );
+        assert!(
+            e.contains("resize2fs") && e.contains("Permission denied"),
+            "resize2fs's own error is the cause: {e}"
+        );
         assert_eq!(
             env.image(POOL, "", &name).unwrap().size().unwrap(),
             128 << 20
         );
         assert_eq!(fs_size(&mp), before);
+        eprintln!(
+            "NOTE: online ext4 grow was NOT exercised: this process lacks CAP_SYS_RESOURCE \
+             (CapEff {:#x}, bit {CAP_SYS_RESOURCE} clear), which the kernel requires for \
+             EXT4_IOC_RESIZE_FS. Tested instead: the resize grows the image and reports the \
+             refusal, and the next read-write attach grows the filesystem offline.",
+            cap_eff()
+        );
     }
     d.detach(&name, "m1").unwrap();
     d.resize(&name, 192 << 20).unwrap();
@@ -538,6 +572,97 @@ fn recovery_unmounts_and_unmaps_an_attachment_the_state_file_lost() {
     d.remove(&name, false).unwrap();
 }
 
+/// A driver with another state dir on the same mount root (e.g. rbdctl with other
+/// settings than the plugin's) would take the first one's mounts for orphans and tear
+/// them down in its recovery. It refuses to start instead, naming both state dirs, and
+/// touches nothing; recovery also leaves alone mounts that are not this node's mappings.
+#[test]
+fn a_second_state_dir_on_the_same_mount_root_is_refused_and_touches_nothing() {
+    let Some(env) = env(true) else { return };
+    let cfg_a = node_config(&env, "a");
+    let a = env.driver_with(cfg_a.clone());
+    let name = env.name("own");
+    let id = a.create(&name, &spec(&[("size", "32M")])).unwrap().image_id;
+    let mp = a.attach(&name, "m1", None).unwrap();
+    let sum = write_file(&mp.join("data.bin"), 1 << 20, 3);
+    let maps = mappings(&cfg_a, POOL, &id);
+    assert_eq!(maps.len(), 1);
+
+    let mut cfg_b = node_config(&env, "b");
+    cfg_b.mount_root = cfg_a.mount_root.clone();
+    let intact = || {
+        assert!(mount_at(&mp).is_some(), "{} was unmounted", mp.display());
+        assert_eq!(sha256(&mp.join("data.bin")), sum);
+        assert_eq!(mappings(&cfg_a, POOL, &id), maps);
+        let st = env.state(&cfg_a);
+        assert_eq!(
+            st.volumes[&name].mount_ids.iter().collect::<Vec<_>>(),
+            vec!["m1"]
+        );
+    };
+    let refused = |e: DriverError, dirs: &[&std::path::PathBuf]| {
+        let msg = e.to_string();
+        assert!(matches!(e, DriverError::InvalidInput { .. }), "{msg}");
+        for dir in dirs {
+            let d = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
+            assert!(
+                msg.contains(d.to_str().unwrap()),
+                "{msg} lacks {}",
+                d.display()
+            );
+        }
+    };
+    // The mount root's owner file names a's state dir.
+    refused(
+        Driver::new(cfg_b.clone()).unwrap_err(),
+        &[&cfg_a.state_dir, &cfg_b.state_dir],
+    );
+    intact();
+    // Without the owner file (a mount root from before it existed), b still refuses:
+    // a's mount is unknown to b's state.
+    std::fs::remove_file(cfg_a.mount_root.join(OWNER_FILE)).unwrap();
+    let e = Driver::new(cfg_b.clone()).unwrap_err();
+    assert!(e.to_string().contains(name.as_str()), "{e}");
+    refused(e, &[&cfg_b.state_dir]);
+    intact();
+    // a itself reclaims it.
+    drop(a);
+    let a = env.driver_with(cfg_a.clone());
+    assert!(cfg_a.mount_root.join(OWNER_FILE).is_file());
+    intact();
+
+    // Recovery of a only tears down orphans that are its own mappings: a tmpfs that
+    // someone mounted under the mount root stays.
+    let stranger = cfg_a.mount_root.join("stranger");
+    std::fs::create_dir_all(&stranger).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &stranger,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    let rep = a.recover().unwrap();
+    let still = mount_at(&stranger).is_some();
+    let _ = nix::mount::umount2(&stranger, nix::mount::MntFlags::MNT_DETACH);
+    assert!(
+        still,
+        "recovery unmounted a mount that is not a mapping: {rep:?}"
+    );
+    assert!(
+        rep.errors
+            .iter()
+            .any(|e| e.contains("stranger") && e.contains("left alone")),
+        "{rep:?}"
+    );
+    intact();
+
+    a.detach(&name, "m1").unwrap();
+    assert_detached(&env, &cfg_a, &name, &id, &[]);
+    a.remove(&name, false).unwrap();
+}
+
 #[test]
 fn a_failed_format_at_create_rolls_back_and_attach_applies_options_and_fsck() {
     let Some(env) = env(true) else { return };
@@ -545,11 +670,18 @@ fn a_failed_format_at_create_rolls_back_and_attach_applies_options_and_fsck() {
     cfg.defaults.format_at = FormatAt::Create;
     cfg.defaults.fsck_on_attach = true;
     let d = env.driver_with(cfg.clone());
-    // xfs needs 300 MiB: mkfs fails on 64 MiB, so the create fails after the image was
-    // made and mapped. Everything is rolled back.
+    // A 1 GiB log does not fit in a 320 MiB xfs: mkfs fails, so the create fails after
+    // the image was made and mapped. Everything is rolled back.
     let name = env.name("fail");
     let e = d
-        .create(&name, &spec(&[("size", "64M"), ("fstype", "xfs")]))
+        .create(
+            &name,
+            &spec(&[
+                ("size", "320M"),
+                ("fstype", "xfs"),
+                ("mkfs-options", "-l size=1g"),
+            ]),
+        )
         .unwrap_err();
     assert!(
         e.to_string().contains("mkfs") || format!("{e:?}").contains("mkfs.xfs"),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use rbd_core::rbd::{self, Features};
 use rbd_core::{Image, OpenOptions};
 use rbd_driver::DriverError;
-use rbd_driver::volume::{AccessMode, CreateSpec, EntryState, OPTION_KEYS};
+use rbd_driver::volume::{AccessMode, CreateSpec, Driver, EntryState, OPTION_KEYS};
 use volume_support::{POOL, ceph_cli, env, spec};
 
 #[test]
@@ -22,7 +22,7 @@ fn create_records_image_metadata_and_index_then_remove_clears_them() {
         .create(
             &name,
             &spec(&[
-                ("size", "64M"),
+                ("size", "320M"),
                 ("fstype", "xfs"),
                 ("features", "layering,object-map,fast-diff"),
                 ("object-size", "1M"),
@@ -33,7 +33,7 @@ fn create_records_image_metadata_and_index_then_remove_clears_them() {
         )
         .unwrap();
     assert_eq!(info.name, name);
-    assert_eq!(info.size, 64 << 20);
+    assert_eq!(info.size, 320 << 20);
     assert_eq!(info.pool, POOL);
     assert_eq!(info.fstype, Some(fs_format::FsType::Xfs));
     assert_eq!(info.access, AccessMode::ReadWrite);
@@ -42,7 +42,7 @@ fn create_records_image_metadata_and_index_then_remove_clears_them() {
 
     // The image, with its size, features and object size.
     let img = env.image(POOL, "", &name).expect("image exists");
-    assert_eq!(img.size().unwrap(), 64 << 20);
+    assert_eq!(img.size().unwrap(), 320 << 20);
     let f = img.features().unwrap();
     for want in [
         Features::EXCLUSIVE_LOCK,
@@ -148,9 +148,17 @@ fn bad_names_are_rejected_and_nothing_is_created() {
         }
         env.assert_nothing(POOL, "", bad);
     }
-    // Nothing escaped under the mount root either.
+    // Nothing escaped under the mount root either (only its owner file is there).
     let cfg = env.config("a");
-    assert_eq!(std::fs::read_dir(&cfg.mount_root).unwrap().count(), 0);
+    let entries: Vec<String> = std::fs::read_dir(&cfg.mount_root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![rbd_driver::volume::OWNER_FILE.to_string()],
+        "{entries:?}"
+    );
     // (Other tests run in parallel, so compare loosely: we created nothing.)
     let after = rbd::list(&env.io(POOL, "")).unwrap();
     assert!(
@@ -262,6 +270,80 @@ fn bad_options_are_rejected_and_nothing_is_created() {
         );
         env.assert_nothing(POOL, "", &name);
     }
+}
+
+/// xfsprogs refuses filesystems under 300 MiB and btrfs-progs under 109 MiB: such a
+/// volume would be created, then fail at its first attach. Create refuses it instead,
+/// naming the size and the minimum, whether the size and the fstype come from the
+/// volume's options or the node defaults, and nothing is created in Ceph.
+#[test]
+fn a_size_below_the_fstype_minimum_is_refused_and_nothing_is_created() {
+    let Some(env) = env(false) else { return };
+    let name = env.name("small");
+    let invalid_size = |e: &DriverError, size: &str, min: &str| {
+        let msg = e.to_string();
+        assert!(
+            matches!(e, DriverError::InvalidInput { what: "size", .. }),
+            "{msg}"
+        );
+        assert!(msg.contains(size) && msg.contains(min), "{msg}");
+    };
+    // Docker's options: refused while parsing.
+    let e = CreateSpec::from_options(&opts(&[("fstype", "xfs"), ("size", "256M")])).unwrap_err();
+    invalid_size(&e, "\"256M\"", "300 MiB");
+
+    // Both in the spec.
+    let d = env.driver("a");
+    let xfs_256m = CreateSpec {
+        fstype: Some(fs_format::FsType::Xfs),
+        size: Some(256 << 20),
+        ..Default::default()
+    };
+    invalid_size(
+        &d.create(&name, &xfs_256m).unwrap_err(),
+        "256 MiB",
+        "300 MiB",
+    );
+    env.assert_nothing(POOL, "", &name);
+
+    // The fstype from the node defaults, the size from the spec.
+    let mut cfg = env.config("xfs-node");
+    cfg.defaults.fstype = fs_format::FsType::Xfs;
+    let d = env.driver_with(cfg);
+    let e = d.create(&name, &spec(&[("size", "256M")])).unwrap_err();
+    invalid_size(&e, "256 MiB", "300 MiB");
+    env.assert_nothing(POOL, "", &name);
+
+    // The size from the node defaults, the fstype from the spec (btrfs with its data
+    // written twice needs more than plain btrfs).
+    let mut cfg = env.config("small-node");
+    cfg.defaults.size = 128 << 20;
+    let d = env.driver_with(cfg);
+    let e = d
+        .create(
+            &name,
+            &spec(&[("fstype", "btrfs"), ("mkfs-options", "-d dup")]),
+        )
+        .unwrap_err();
+    invalid_size(&e, "128 MiB", "229 MiB");
+    env.assert_nothing(POOL, "", &name);
+    let e = d.create(&name, &spec(&[("fstype", "xfs")])).unwrap_err();
+    invalid_size(&e, "128 MiB", "300 MiB");
+    env.assert_nothing(POOL, "", &name);
+
+    // Node defaults that could never make a volume: the driver does not start.
+    let mut cfg = env.config("bad-defaults");
+    cfg.defaults.fstype = fs_format::FsType::Xfs;
+    cfg.defaults.size = 256 << 20;
+    invalid_size(&Driver::new(cfg).unwrap_err(), "256 MiB", "300 MiB");
+
+    // At the minimum it is accepted.
+    let info = d
+        .create(&name, &spec(&[("fstype", "btrfs"), ("size", "109M")]))
+        .unwrap();
+    assert_eq!(info.size, 109 << 20);
+    d.remove(&name, false).unwrap();
+    env.assert_nothing(POOL, "", &name);
 }
 
 #[test]
@@ -441,7 +523,7 @@ fn snapshots_block_remove_unless_forced_and_clones_follow_their_parent() {
     let Some(env) = env(false) else { return };
     let d = env.driver("a");
     let base = env.name("base");
-    d.create(&base, &spec(&[("size", "16M"), ("fstype", "xfs")]))
+    d.create(&base, &spec(&[("size", "320M"), ("fstype", "xfs")]))
         .unwrap();
     // Pretend base was formatted: a clone must not inherit the parent's volume metadata.
     Image::open(&env.io(POOL, ""), &base, &OpenOptions::new())
@@ -468,10 +550,10 @@ fn snapshots_block_remove_unless_forced_and_clones_follow_their_parent() {
     let info = d
         .create(
             &clone,
-            &spec(&[("from-snapshot", &format!("{base}@s1")), ("size", "32M")]),
+            &spec(&[("from-snapshot", &format!("{base}@s1")), ("size", "640M")]),
         )
         .unwrap();
-    assert_eq!(info.size, 32 << 20);
+    assert_eq!(info.size, 640 << 20);
     assert_eq!(info.fstype, Some(fs_format::FsType::Xfs));
     let cimg = env.image(POOL, "", &clone).unwrap();
     let parent = cimg.parent().unwrap().expect("a parent");

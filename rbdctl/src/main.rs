@@ -71,7 +71,8 @@ pub struct Cli {
     /// Timeout in seconds for every cluster call.
     #[arg(long = "timeout", global = true, default_value_t = 30)]
     pub timeout: u64,
-    /// Never draw progress bars (they are drawn on stderr, and only when it is a terminal).
+    /// Never draw progress bars (they are drawn on stderr, only when stdout and stderr are
+    /// both terminals).
     #[arg(long = "no-progress", global = true)]
     pub no_progress: bool,
     /// The command.
@@ -219,8 +220,14 @@ pub enum Command {
     /// (image gone, held by another node, client blocklisted, mapper gone), cleaning what
     /// is stale (unless --dry-run).
     Reconcile(cmd::daemon::ReconcileArgs),
-    /// Run the node daemon (for hosts that use only the CLI; the Docker plugin runs its
-    /// own): answer other nodes' release requests, reconcile periodically.
+    /// Run the node daemon, for hosts that use only the CLI: answer other nodes' pings and
+    /// release requests for this node, reconcile on start and every --interval.
+    ///
+    /// A host that runs the Docker plugin does not need it: the plugin process is that
+    /// node's daemon (it starts one as soon as it is connected). Run one per node, never
+    /// both. A node where neither runs looks dead to the others, which fence its mappings
+    /// when they ask for its images. Use the plugin's node settings (RBD_NODE_ID,
+    /// RBD_STATE_DIR, RBD_MOUNT_ROOT, RBD_RUN_DIR, or the same flags).
     Daemon(cmd::daemon::DaemonArgs),
     /// Measure I/O on an image, like `rbd bench` (writes change its data).
     Bench(cmd::bench::BenchArgs),

@@ -320,16 +320,15 @@ pub fn driver_config(cli: &Cli, node: &NodeArgs) -> CliResult<DriverConfig> {
 /// Opens the driver for this node (connects, recovers interrupted local operations; what
 /// recovery did is printed on stderr).
 ///
-/// Refused when the mount root has volumes mounted but the state dir has no state file:
-/// the settings do not match the ones that mounted them (e.g. the Docker plugin's), and
-/// the driver's recovery would take those mounts for orphans and tear them down.
+/// The driver refuses a mount root that belongs to another state dir (e.g. the Docker
+/// plugin's, when these settings differ from its), naming both: its recovery would take
+/// those mounts for orphans and tear them down (see `rbd_driver::volume::OWNER_FILE`).
 pub fn driver(cli: &Cli, node: &NodeArgs) -> CliResult<rbd_driver::volume::Driver> {
     open_driver(driver_config(cli, node)?)
 }
 
 /// [`driver`] with a configuration already made (and adjusted) from [`driver_config`].
 pub fn open_driver(cfg: DriverConfig) -> CliResult<rbd_driver::volume::Driver> {
-    check_state_matches_mounts(&cfg)?;
     let d = rbd_driver::volume::Driver::new(cfg)?;
     if let Some(r) = d.last_recovery() {
         for a in &r.actions {
@@ -340,35 +339,6 @@ pub fn open_driver(cfg: DriverConfig) -> CliResult<rbd_driver::volume::Driver> {
         }
     }
     Ok(d)
-}
-
-/// See [`driver`].
-fn check_state_matches_mounts(cfg: &DriverConfig) -> CliResult {
-    if cfg.state_dir.join("state.json").exists() {
-        return Ok(());
-    }
-    let Ok(root) = std::fs::canonicalize(&cfg.mount_root) else {
-        return Ok(());
-    };
-    let mounts = fs_format::read_mountinfo()
-        .map_err(|e| rbd_driver::DriverError::fs("reading /proc/self/mountinfo", e))?;
-    let mounted: Vec<String> = mounts
-        .iter()
-        .filter(|m| m.mount_point.parent() == Some(root.as_path()))
-        .map(|m| m.mount_point.display().to_string())
-        .collect();
-    if mounted.is_empty() {
-        return Ok(());
-    }
-    Err(CliError::Usage(format!(
-        "the mount root {} has volumes mounted ({}) but the state dir {} has no state file: \
-         these settings are not the ones that mounted them (the Docker plugin's?), and \
-         recovery would tear those mounts down. Use the same --state-dir/RBD_STATE_DIR \
-         (or --plugin-config), or another --mount-root",
-        cfg.mount_root.display(),
-        mounted.join(", "),
-        cfg.state_dir.display()
-    )))
 }
 
 #[cfg(test)]

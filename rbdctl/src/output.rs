@@ -127,21 +127,8 @@ pub fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Human-readable size: `1 GiB`, `512 MiB`, `4 KiB`, `100 B`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 || (v.fract()).abs() < 1e-9 {
-        format!("{} {}", v as u64, UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// Human-readable size: `1 GiB`, `512 MiB`, `4 KiB`, `100 B` (fs-format's).
+pub use fs_format::human_size;
 
 #[cfg(test)]
 mod tests {
@@ -165,13 +152,5 @@ mod tests {
         if std::env::var("TZ").as_deref() == Ok("UTC") {
             assert_eq!(s, "Mon Jan  1 00:00:00 2024");
         }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1 << 30), "1 GiB");
-        assert_eq!(human_size(1536 << 20), "1.5 GiB");
-        assert_eq!(human_size(64 << 20), "64 MiB");
     }
 }

@@ -1,5 +1,7 @@
 //! Progress bars for long operations, drawn on stderr only when both stdout and stderr are
-//! terminals and `--no-progress` is not given. Stdout carries only the command's result.
+//! terminals and `--no-progress` is not given: a command whose output goes to a file or a
+//! pipe (`rbdctl export IMG - | gzip`, scripts) shows none. Stdout carries only the
+//! command's result.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -23,20 +25,9 @@ pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
-/// Whether progress bars are drawn for this invocation: only when both stdout and stderr
-/// are terminals (output piped or redirected, e.g. `--format json | jq` or a log file,
-/// gets no bar), and `--no-progress` is not given.
+/// Whether progress bars are drawn for this invocation.
 pub fn enabled(cli: &Cli) -> bool {
-    draw(
-        cli.no_progress,
-        std::io::stdout().is_terminal(),
-        std::io::stderr().is_terminal(),
-    )
-}
-
-/// The rule of [`enabled`].
-fn draw(no_progress: bool, stdout_tty: bool, stderr_tty: bool) -> bool {
-    !no_progress && stdout_tty && stderr_tty
+    !cli.no_progress && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
 }
 
 impl Progress {

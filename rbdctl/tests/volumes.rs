@@ -365,8 +365,16 @@ fn snapshot_resize_and_remove_force() {
 
     node.rbdctl(&["volume", "resize", &v, "--size", "2Q"])
         .code(2);
-    node.rbdctl(&["volume", "resize", &v, "--size", "128M"])
-        .ok();
+    let r = node
+        .rbdctl(&["volume", "resize", &v, "--size", "128M"])
+        .ok()
+        .stdout();
+    assert!(
+        r.contains("resized volume")
+            && r.contains("128 MiB")
+            && r.contains("next read-write attach"),
+        "the resize says the filesystem waits for the next attach: {r}"
+    );
     assert_eq!(env.rbd_json(&["info", &v])["size"], 128 << 20);
     // The filesystem grows at the next read-write attach.
     let mp = node
@@ -425,7 +433,8 @@ fn the_docker_plugins_config_file_is_shared() {
     assert_eq!(st["local"]["mount_ids"], serde_json::json!(["m1"]));
     assert_eq!(node.mappings().len(), 1);
     // A flag still wins over the file: another (empty) state dir beside the same mount
-    // root is refused rather than have recovery take the mount for an orphan.
+    // root is refused (the mount root belongs to the file's state dir) rather than have
+    // recovery take the mount for an orphan.
     let other = node.dir("other-state");
     let r = node
         .rbdctl_with_config(
@@ -441,8 +450,12 @@ fn the_docker_plugins_config_file_is_shared() {
             ],
         )
         .code(2);
+    let other_canon = std::fs::canonicalize(&other).unwrap();
+    let state_canon = std::fs::canonicalize(node.state_dir()).unwrap();
     assert!(
-        r.err.contains("no state file") && r.err.contains(other.to_str().unwrap()),
+        r.err.contains("belongs to the state dir")
+            && r.err.contains(other_canon.to_str().unwrap())
+            && r.err.contains(state_canon.to_str().unwrap()),
         "{}",
         r.err
     );

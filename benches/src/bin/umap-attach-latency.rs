@@ -1,31 +1,54 @@
-//! Attach + detach latency of the driver's userspace mapper against the same sequence
-//! done with Ceph's tools, on the same cluster, in one run.
+//! Attach + detach latency, issue 4's sequence (create a 1 GiB image, map, `mkfs.ext4`,
+//! mount, umount, unmap, remove), three ways on the same cluster, in one run:
 //!
-//! - **ours**, in-process as the volume plugin does it: `rbd_core::rbd::create`, the
-//!   [`UserspaceMapper`] map (which starts `rbd-umap`), `mkfs.ext4` of 1 GiB, mount,
-//!   umount, unmap, `rbd_core::rbd::remove`. The cluster connection is made once, before
-//!   timing, as the plugin holds one.
+//! - **driver**: the API the plugin and rbdctl call, in-process as the plugin runs it:
+//!   [`Driver::create`] (1 GiB, ext4, formatted at first attach), [`Driver::attach_with_report`]
+//!   (reconcile check, cluster-wide claim in the registry, map with `rbd-umap`, probe,
+//!   `mkfs.ext4`, mount, registry records), [`Driver::detach`] (umount, unmap,
+//!   unregister) and [`Driver::remove`] (claim, image and index removal). A
+//!   [`NodeDaemon`] serves this node in the same process, as in the plugin (the attach
+//!   pings it). One driver, made before timing, as the plugin holds one.
+//! - **mapper**: the same sequence one layer down: `rbd_core::rbd::create`, the
+//!   [`UserspaceMapper`] map (which starts `rbd-umap`), `mkfs.ext4`, mount, umount, unmap,
+//!   `rbd_core::rbd::remove`: where the driver's time goes beyond the mapper.
 //! - **anchor**: `rbd create`, `rbd-fuse` (until the image file shows), `losetup
 //!   --direct-io=on`, `mkfs.ext4`, mount, umount, `losetup -d`, unmount rbd-fuse (and wait
 //!   for it to exit), `rbd rm`.
 //!
+//! The contenders run in a rotating order in each repetition; the tables show medians.
+//!
 //! ```text
 //! CEPH_CONF=... umap-attach-latency [REPS] [--umap-bin PATH]
 //! ```
-//! Needs root. Prints a markdown table of medians, per step and in total.
+//! Needs root. Prints markdown tables of medians, per step and in total, and the load
+//! average before and after.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use rbd_core::rbd::ImageOptions;
 use rbd_core::{ConnectOptions, IoCtx, Rados, Timeouts};
+use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
 use rbd_driver::mapper::userspace::UserspaceMapper;
-use rbd_driver::mapper::{CephAuth, MapOptions, MapRequest, Mapper, MapperConfig};
+use rbd_driver::mapper::{Backend, CephAuth, MapOptions, MapRequest, Mapper, MapperConfig};
+use rbd_driver::volume::{AttachTimings, CreateSpec, Driver, DriverConfig};
 
 const POOL: &str = "rbd";
 const SIZE: u64 = 1 << 30;
-const STEPS: [&str; 6] = ["create", "map", "mkfs", "mount+umount", "unmap", "remove"];
+/// The steps of the mapper and anchor sequences.
+const STEPS: [&str; 7] = [
+    "create", "map", "mkfs", "mount", "umount", "unmap", "remove",
+];
+/// The driver's calls, and which of [`STEPS`] each covers.
+const CALLS: [(&str, std::ops::Range<usize>); 4] = [
+    ("create", 0..1),
+    ("attach (map, mkfs, mount)", 1..4),
+    ("detach (umount, unmap)", 4..6),
+    ("remove", 6..7),
+];
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new("timeout")
@@ -54,7 +77,7 @@ fn mkfs(dev: &Path) {
     );
 }
 
-fn mount_umount(dev: &Path, dir: &Path) {
+fn mount(dev: &Path, dir: &Path) {
     nix::mount::mount(
         Some(dev),
         dir,
@@ -63,7 +86,6 @@ fn mount_umount(dev: &Path, dir: &Path) {
         None::<&str>,
     )
     .expect("mount");
-    nix::mount::umount(dir).expect("umount");
 }
 
 struct Timer {
@@ -111,7 +133,9 @@ fn ours(io: &IoCtx, mapper: &UserspaceMapper, conf: &Path, dir: &Path) -> Vec<f6
     t.step();
     mkfs(&m.device);
     t.step();
-    mount_umount(&m.device, dir);
+    mount(&m.device, dir);
+    t.step();
+    nix::mount::umount(dir).expect("umount");
     t.step();
     mapper.unmap(&m, false).expect("unmap");
     t.step();
@@ -160,7 +184,9 @@ fn anchor(conf: &Path, fuse_dir: &Path, dir: &Path) -> Vec<f64> {
     t.step();
     mkfs(&dev);
     t.step();
-    mount_umount(&dev, dir);
+    mount(&dev, dir);
+    t.step();
+    nix::mount::umount(dir).expect("umount");
     t.step();
     run("losetup", &["-d", dev.to_str().unwrap()]);
     nix::mount::umount(fuse_dir).expect("umount rbd-fuse");
@@ -170,6 +196,67 @@ fn anchor(conf: &Path, fuse_dir: &Path, dir: &Path) -> Vec<f64> {
     run("rbd", &["-c", c, "rm", "--no-progress", &spec]);
     t.step();
     t.steps
+}
+
+/// The driver's volumes still to remove, and its cluster namespace objects, removed on
+/// drop (also after a panic).
+struct DriverRun {
+    driver: Arc<Driver>,
+    daemon: Option<NodeDaemon>,
+    admin: Rados,
+    live: std::sync::Mutex<Vec<String>>,
+}
+
+impl Drop for DriverRun {
+    fn drop(&mut self) {
+        for n in self.live.lock().unwrap().drain(..) {
+            let _ = self.driver.detach(&n, "bench");
+            let _ = self.driver.remove(&n, true);
+        }
+        if let Some(d) = self.daemon.take() {
+            d.stop();
+        }
+        let ns = &self.driver.config().cluster.namespace;
+        if let Ok(io) = self.admin.ioctx(POOL).and_then(|i| i.with_namespace(ns)) {
+            for o in [
+                rbd_driver::cluster::registry::REGISTRY_OBJECT,
+                rbd_driver::cluster::registry::FENCE_OBJECT,
+                rbd_driver::cluster::control::CONTROL_OBJECT,
+            ] {
+                let _ = io.remove_object(o);
+            }
+        }
+    }
+}
+
+/// One driver sequence: the four calls' times and the attach's own step timings.
+fn driver_seq(run: &DriverRun, spec: &CreateSpec) -> (Vec<f64>, AttachTimings) {
+    let d = &run.driver;
+    let name = unique("lat-d");
+    let mut t = Timer::new();
+    d.create(&name, spec).expect("Driver::create");
+    run.live.lock().unwrap().push(name.clone());
+    t.step();
+    let rep = d
+        .attach_with_report(&name, "bench", None)
+        .expect("Driver::attach");
+    assert!(
+        rep.warnings.is_empty() && !rep.shared && rep.cleaned.is_empty(),
+        "{rep:?}"
+    );
+    t.step();
+    d.detach(&name, "bench").expect("Driver::detach");
+    t.step();
+    d.remove(&name, false).expect("Driver::remove");
+    run.live.lock().unwrap().retain(|n| n != &name);
+    t.step();
+    (t.steps, rep.timings)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn unique(prefix: &str) -> String {
@@ -217,33 +304,121 @@ fn main() {
     std::fs::create_dir_all(&fuse_dir).unwrap();
     let mapper = UserspaceMapper::new(&MapperConfig {
         run_dir: work.join("run"),
-        umap_bin,
+        umap_bin: umap_bin.clone(),
         ..MapperConfig::default()
     });
+
+    // The driver, as the plugin sets it up: its own node, state, mount root and run dir,
+    // the userspace backend, a cluster namespace of this run's own, and a node daemon.
+    let mut cfg = DriverConfig::new(CephAuth {
+        conf: conf.clone(),
+        id: "admin".into(),
+        keyring: None,
+    });
+    cfg.node_id = unique("bench-node");
+    cfg.state_dir = work.join("driver-state");
+    cfg.mount_root = work.join("driver-mounts");
+    cfg.mapper.run_dir = work.join("driver-run");
+    cfg.mapper.umap_bin = umap_bin;
+    cfg.backend = Some(Backend::Userspace);
+    cfg.cluster.namespace = unique("rbd-volumes-lat");
+    cfg.timeouts = Timeouts::uniform(Duration::from_secs(30));
+    let driver = Arc::new(Driver::new(cfg).expect("Driver::new"));
+    let daemon = NodeDaemon::start(
+        driver.clone(),
+        DaemonOptions {
+            pools: vec![POOL.into()],
+            ..DaemonOptions::default()
+        },
+    )
+    .expect("NodeDaemon::start");
+    daemon.wait_for_reconcile(0, Duration::from_secs(60));
+    let drun = DriverRun {
+        driver,
+        daemon: Some(daemon),
+        admin: rados.clone(),
+        live: std::sync::Mutex::new(Vec::new()),
+    };
+    let spec = CreateSpec::from_options(
+        &[
+            ("size".to_string(), "1G".to_string()),
+            ("fstype".to_string(), "ext4".to_string()),
+        ]
+        .into(),
+    )
+    .expect("spec");
+
+    let load_before = loadavg();
+    let started = std::time::SystemTime::now();
     let mut o: Vec<Vec<f64>> = Vec::new();
     let mut a: Vec<Vec<f64>> = Vec::new();
+    let mut dv: Vec<Vec<f64>> = Vec::new();
+    let mut dt: Vec<AttachTimings> = Vec::new();
     for rep in 0..reps {
-        if rep % 2 == 0 {
-            o.push(ours(&io, &mapper, &conf, &fs_dir));
-            a.push(anchor(&conf, &fuse_dir, &fs_dir));
-        } else {
-            a.push(anchor(&conf, &fuse_dir, &fs_dir));
-            o.push(ours(&io, &mapper, &conf, &fs_dir));
+        // Rotate who goes first.
+        for k in 0..3 {
+            match (rep + k) % 3 {
+                0 => {
+                    let (s, t) = driver_seq(&drun, &spec);
+                    dv.push(s);
+                    dt.push(t);
+                }
+                1 => o.push(ours(&io, &mapper, &conf, &fs_dir)),
+                _ => a.push(anchor(&conf, &fuse_dir, &fs_dir)),
+            }
         }
     }
+    let load_after = loadavg();
+    drop(drun);
     let _ = std::fs::remove_dir_all(&work);
-    let col = |runs: &[Vec<f64>], i: usize| median(runs.iter().map(|r| r[i]).collect());
+
+    let col = |runs: &[Vec<f64>], r: std::ops::Range<usize>| {
+        median(runs.iter().map(|x| x[r.clone()].iter().sum()).collect())
+    };
     let total = |runs: &[Vec<f64>]| median(runs.iter().map(|r| r.iter().sum()).collect());
-    println!("| step | Ceph CLI + rbd-fuse + losetup (ms) | ours (ms) |");
+    println!(
+        "started {} s after the epoch; load average before {load_before}, after {load_after}\n",
+        started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    println!("| call | Ceph CLI + rbd-fuse + losetup (ms) | Driver (ms) | mapper only (ms) |");
+    println!("|---|---|---|---|");
+    for (i, (call, r)) in CALLS.iter().enumerate() {
+        println!(
+            "| {call} | {:.0} | {:.0} | {:.0} |",
+            col(&a, r.clone()),
+            median(dv.iter().map(|x| x[i]).collect()),
+            col(&o, r.clone())
+        );
+    }
+    let (ta, td, to) = (total(&a), total(&dv), total(&o));
+    println!("| **total** | **{ta:.0}** | **{td:.0}** | **{to:.0}** |");
+    println!(
+        "\nDriver / anchor: {:.2}x; mapper only / anchor: {:.2}x ({reps} runs each, medians)",
+        td / ta,
+        to / ta
+    );
+    println!("\n| step | anchor (ms) | mapper only (ms) |");
     println!("|---|---|---|");
     for (i, s) in STEPS.iter().enumerate() {
-        println!("| {s} | {:.0} | {:.0} |", col(&a, i), col(&o, i));
+        println!(
+            "| {s} | {:.0} | {:.0} |",
+            col(&a, i..i + 1),
+            col(&o, i..i + 1)
+        );
     }
-    let (ta, to) = (total(&a), total(&o));
-    println!("| **total** | **{ta:.0}** | **{to:.0}** |");
+    let m = |f: fn(&AttachTimings) -> f64| median(dt.iter().map(f).collect());
     println!(
-        "\nours / anchor: {:.2}x ({reps} runs each, medians)",
-        to / ta
+        "\nDriver::attach, its own step timings (medians, ms): check {:.0}, claim {:.0}, map \
+         {:.0}, probe+mkfs+mount {:.0}, registry records {:.0}, total {:.0}",
+        m(|t| t.check_ms),
+        m(|t| t.claim_ms),
+        m(|t| t.map_ms),
+        m(|t| t.mount_ms),
+        m(|t| t.register_ms),
+        m(|t| t.total_ms)
     );
     let all = |runs: &[Vec<f64>]| {
         runs.iter()
@@ -251,7 +426,12 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    println!("all totals, anchor: {}; ours: {}", all(&a), all(&o));
+    println!(
+        "all totals, anchor: {}; Driver: {}; mapper only: {}",
+        all(&a),
+        all(&dv),
+        all(&o)
+    );
 }
 
 /// A fresh directory under /run for mount points and the mapper's run dir.

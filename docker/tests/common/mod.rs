@@ -170,9 +170,23 @@ impl Resp {
     }
 }
 
+/// The content type of every answer of the plugin protocol.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
 /// Sends `method path` with `body` over the unix socket at `sock` (deadline `limit`).
+/// Every answer, whatever the endpoint or status, must carry the protocol's content type:
+/// this checks it for every call of every test.
 pub fn http(sock: &Path, method: &str, path: &str, body: &str, limit: Duration) -> Resp {
-    try_http(sock, method, path, body, limit).unwrap_or_else(|e| panic!("{e}"))
+    let r = try_http(sock, method, path, body, limit).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.content_type,
+        CONTENT_TYPE,
+        "{method} {path} answered {} with content type {:?}: {}",
+        r.status,
+        r.content_type,
+        text(&r.body)
+    );
+    r
 }
 
 /// [`http`], with failures returned instead of panicking.
@@ -455,28 +469,52 @@ impl Drop for VolumeGuard {
 pub struct Dockerd {
     pub dir: PathBuf,
     pub host: String,
+    /// The network namespace it runs in (`None`: the host's).
+    pub netns: Option<PathBuf>,
 }
 
 impl Dockerd {
     pub fn start() -> Dockerd {
+        Self::start_in(None)
+    }
+
+    /// A dockerd (and its containerd) started inside the network namespace `netns`
+    /// (`nsenter --net`, as the test bed runs node daemons): only its network is the
+    /// node's; its socket, data and the mounts it makes stay visible to the host.
+    pub fn start_in(netns: Option<&Path>) -> Dockerd {
         // Short: the exec root under it holds unix sockets.
         let dir = PathBuf::from("/tmp").join(testkit::unique("dk"));
-        let script = testkit::workspace_root().join("scripts/dev-docker.sh");
+        let d = Dockerd {
+            host: format!("unix://{}/docker.sock", dir.display()),
+            dir,
+            netns: netns.map(Path::to_path_buf),
+        };
         let out = run(
-            Command::new(&script)
+            d.script_command()
                 .arg("up")
-                .arg(&dir)
+                .arg(&d.dir)
                 .env("DEV_DOCKER_OWN", "1")
                 .env_remove("DOCKER_HOST")
                 .env_remove("DEV_DOCKER_DIR"),
             Duration::from_secs(180),
         );
-        let d = Dockerd {
-            host: format!("unix://{}/docker.sock", dir.display()),
-            dir,
-        };
         check("scripts/dev-docker.sh up", &out);
         d
+    }
+
+    /// `scripts/dev-docker.sh`, in this dockerd's network namespace.
+    fn script_command(&self) -> Command {
+        let script = testkit::workspace_root().join("scripts/dev-docker.sh");
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(script);
+                c
+            }
+            None => Command::new(script),
+        }
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
@@ -514,13 +552,20 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let script = testkit::workspace_root().join("scripts/dev-docker.sh");
-        let _ = std::panic::catch_unwind(|| {
-            run(
-                Command::new(&script).arg("down").arg(&self.dir),
-                Duration::from_secs(180),
-            )
-        });
+        if let Some(ns) = &self.netns
+            && !ns.exists()
+        {
+            // The namespace is gone (and with it whatever ran there). `down` from the
+            // host must not compare the host's links with those recorded inside the
+            // namespace: without the record it leaves links alone.
+            let _ = std::fs::remove_file(self.dir.join("links-before"));
+            self.netns = None;
+        }
+        let mut cmd = self.script_command();
+        cmd.arg("down").arg(&self.dir);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            run(&mut cmd, Duration::from_secs(180))
+        }));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -630,13 +675,19 @@ pub struct DockerEnv {
 impl DockerEnv {
     /// Needs `CEPH_CONF`, `DOCKER_HOST` (the dev dockerd gates these tests) and root.
     pub fn setup(prefix: &str) -> Option<DockerEnv> {
+        Self::setup_with(prefix, |_| {})
+    }
+
+    /// [`DockerEnv::setup`], with the plugin's settings changed by `f` before it starts.
+    pub fn setup_with(prefix: &str, f: impl FnOnce(&mut PluginSpec)) -> Option<DockerEnv> {
         let conf = testkit::ceph_conf()?;
         testkit::docker_host()?;
         if !testkit::require_root() {
             return None;
         }
         let dir = TempDir::new(prefix);
-        let spec = PluginSpec::new(&conf, dir.path());
+        let mut spec = PluginSpec::new(&conf, dir.path());
+        f(&mut spec);
         let plugin = Plugin::start(&spec);
         let spec_file = SpecFile::new(&testkit::unique("rbd"), &plugin.socket);
         let dockerd = Dockerd::start();
@@ -688,5 +739,63 @@ impl DockerEnv {
             .filter(|l| l.contains(&base))
             .map(String::from)
             .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Leftovers of userspace mappers.
+
+/// Mapper run directories whose leftovers are cleaned in `Drop`, pass or fail: mapper
+/// processes still recorded there are killed (by the pid in their record), mounts under the
+/// given roots are lazily unmounted (deepest first), loop devices backed by files under
+/// the run directories are detached, and the run directories removed.
+pub struct MapperLeftovers {
+    pub run_dirs: Vec<PathBuf>,
+    pub mount_roots: Vec<PathBuf>,
+}
+
+impl Drop for MapperLeftovers {
+    fn drop(&mut self) {
+        use rbd_driver::mapper::MapperConfig;
+        use rbd_driver::mapper::loopdev;
+        use rbd_driver::mapper::userspace::UserspaceMapper;
+        for dir in &self.run_dirs {
+            let m = UserspaceMapper::new(&MapperConfig {
+                run_dir: dir.clone(),
+                ..MapperConfig::default()
+            });
+            for e in m.entries().unwrap_or_default() {
+                let pid = e.record.pid as i32;
+                if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
+                    // SAFETY: kill(2) on the pid a mapper started by this test recorded.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let roots: Vec<&PathBuf> = self.run_dirs.iter().chain(&self.mount_roots).collect();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| roots.iter().any(|r| Path::new(m).starts_with(r)))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = run(
+                Command::new("umount").args(["-l", &m]),
+                Duration::from_secs(30),
+            );
+        }
+        if let Ok(loops) = loopdev::list() {
+            for l in loops
+                .iter()
+                .filter(|l| self.run_dirs.iter().any(|d| l.backing_file.starts_with(d)))
+            {
+                let _ = loopdev::detach(l.number);
+            }
+        }
+        for dir in &self.run_dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -12,12 +12,13 @@ use std::sync::Mutex;
 
 use nix::mount::MntFlags;
 
-/// Run a command, panic with its stderr if it fails, return its stdout.
+/// How long a fixture command (losetup, sgdisk, mkfs...) may take before the test fails.
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Run a command (bounded by [`RUN_LIMIT`]), panic with its stderr if it fails, return its
+/// stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let out = testkit::output_within(Command::new(program).args(args), RUN_LIMIT);
     assert!(
         out.status.success(),
         "{program} {args:?} failed with {}: {}",
@@ -53,11 +54,12 @@ pub fn blkid(dev: &Path, tag: &str) -> Option<String> {
     if !have("blkid") {
         return None;
     }
-    let out = Command::new("blkid")
-        .args(["-p", "-o", "value", "-s", tag])
-        .arg(dev)
-        .output()
-        .ok()?;
+    let out = testkit::output_within(
+        Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", tag])
+            .arg(dev),
+        RUN_LIMIT,
+    );
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
@@ -119,7 +121,11 @@ impl Drop for LoopDev {
     fn drop(&mut self) {
         // On a device still held (e.g. by a lazily detached mount) the kernel sets
         // autoclear instead, and frees it when the last user goes.
-        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        // (`timeout`, not output_within: a panic in drop could abort the test process.)
+        let _ = Command::new("timeout")
+            .args(["-s", "KILL", "60", "losetup", "-d"])
+            .arg(&self.path)
+            .status();
     }
 }
 
@@ -218,6 +224,11 @@ pub fn bytes(p: &Path) -> &[u8] {
 
 /// Whether this process has capability number `cap` in its effective set.
 pub fn has_capability(cap: u32) -> bool {
+    cap_eff().is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
+/// This process's effective capability mask (`CapEff` in `/proc/self/status`).
+pub fn cap_eff() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -225,5 +236,4 @@ pub fn has_capability(cap: u32) -> bool {
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
-        .is_some_and(|mask| mask & (1u64 << cap) != 0)
 }

@@ -419,13 +419,14 @@ impl ImageOptions {
         self.raw
     }
 
-    /// Image format (`RBD_IMAGE_OPTION_FORMAT`).
+    /// Image format (`rbd_image_options_set_uint64` with `RBD_IMAGE_OPTION_FORMAT`).
     pub fn format(mut self, format: ImageFormat) -> Self {
         self.set_u64(OPT_FORMAT, format as u64);
         self
     }
 
-    /// Exactly these features (`RBD_IMAGE_OPTION_FEATURES`), replacing the defaults.
+    /// Exactly these features (`rbd_image_options_set_uint64` with
+    /// `RBD_IMAGE_OPTION_FEATURES`), replacing the defaults.
     /// librbd still adds the features these imply: `fast-diff` with `object-map`,
     /// `striping` with non-default striping, `data-pool` with a data pool.
     pub fn features(mut self, features: Features) -> Self {
@@ -433,19 +434,22 @@ impl ImageOptions {
         self
     }
 
-    /// Features to add to the defaults (`RBD_IMAGE_OPTION_FEATURES_SET`).
+    /// Features to add to the defaults (`rbd_image_options_set_uint64` with
+    /// `RBD_IMAGE_OPTION_FEATURES_SET`).
     pub fn enable_features(mut self, features: Features) -> Self {
         self.set_u64(OPT_FEATURES_SET, features.bits());
         self
     }
 
-    /// Features to remove from the defaults (`RBD_IMAGE_OPTION_FEATURES_CLEAR`).
+    /// Features to remove from the defaults (`rbd_image_options_set_uint64` with
+    /// `RBD_IMAGE_OPTION_FEATURES_CLEAR`).
     pub fn disable_features(mut self, features: Features) -> Self {
         self.set_u64(OPT_FEATURES_CLEAR, features.bits());
         self
     }
 
-    /// Object size as a power of two (`RBD_IMAGE_OPTION_ORDER`): 12 (4 KiB) to 25 (32 MiB).
+    /// Object size as a power of two (`rbd_image_options_set_uint64` with
+    /// `RBD_IMAGE_OPTION_ORDER`): 12 (4 KiB) to 25 (32 MiB).
     pub fn order(mut self, order: u8) -> Result<Self> {
         if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
             return Err(Error::invalid(
@@ -458,13 +462,15 @@ impl ImageOptions {
         Ok(self)
     }
 
-    /// Object size in bytes: a power of two from 4 KiB to 32 MiB (sets the order).
+    /// Object size in bytes: a power of two from 4 KiB to 32 MiB (sets the order:
+    /// `rbd_image_options_set_uint64` with `RBD_IMAGE_OPTION_ORDER`).
     pub fn object_size(self, bytes: u64) -> Result<Self> {
         let order = order_of(bytes)?;
         self.order(order)
     }
 
-    /// Striping (`RBD_IMAGE_OPTION_STRIPE_UNIT`, `RBD_IMAGE_OPTION_STRIPE_COUNT`): `unit`
+    /// Striping (`rbd_image_options_set_uint64` with `RBD_IMAGE_OPTION_STRIPE_UNIT` and
+    /// `RBD_IMAGE_OPTION_STRIPE_COUNT`): `unit`
     /// bytes go to each of `count` objects in turn. The unit must be a power of two that
     /// divides the object size (checked at create time); librbd enables the `striping`
     /// feature as needed.
@@ -488,7 +494,8 @@ impl ImageOptions {
         Ok(self)
     }
 
-    /// A separate pool for the data objects (`RBD_IMAGE_OPTION_DATA_POOL`), e.g. an
+    /// A separate pool for the data objects (`rbd_image_options_set_string` with
+    /// `RBD_IMAGE_OPTION_DATA_POOL`), e.g. an
     /// erasure-coded one; the image header stays in the I/O context's pool.
     pub fn data_pool(mut self, pool: &str) -> Result<Self> {
         if pool.is_empty() {
@@ -498,13 +505,14 @@ impl ImageOptions {
         Ok(self)
     }
 
-    /// Clone format for [`crate::rbd::clone::clone_image`] (`RBD_IMAGE_OPTION_CLONE_FORMAT`).
+    /// Clone format for [`crate::rbd::clone::clone_image`] (`rbd_image_options_set_uint64`
+    /// with `RBD_IMAGE_OPTION_CLONE_FORMAT`).
     pub fn clone_format(mut self, format: CloneFormat) -> Self {
         self.set_u64(OPT_CLONE_FORMAT, format as u64);
         self
     }
 
-    /// The image format, if set.
+    /// The image format, if set (`rbd_image_options_get_uint64`, `RBD_IMAGE_OPTION_FORMAT`).
     pub fn get_format(&self) -> Option<ImageFormat> {
         match self.get_u64(OPT_FORMAT)? {
             1 => Some(ImageFormat::V1),
@@ -513,49 +521,55 @@ impl ImageOptions {
         }
     }
 
-    /// The exact feature set, if set.
+    /// The exact feature set, if set (`rbd_image_options_get_uint64`,
+    /// `RBD_IMAGE_OPTION_FEATURES`).
     pub fn get_features(&self) -> Option<Features> {
         self.get_u64(OPT_FEATURES).map(Features::from_bits_retain)
     }
 
-    /// Features added to the defaults, if set.
+    /// Features added to the defaults, if set (`rbd_image_options_get_uint64`,
+    /// `RBD_IMAGE_OPTION_FEATURES_SET`).
     pub fn get_enable_features(&self) -> Option<Features> {
         self.get_u64(OPT_FEATURES_SET)
             .map(Features::from_bits_retain)
     }
 
-    /// Features removed from the defaults, if set.
+    /// Features removed from the defaults, if set (`rbd_image_options_get_uint64`,
+    /// `RBD_IMAGE_OPTION_FEATURES_CLEAR`).
     pub fn get_disable_features(&self) -> Option<Features> {
         self.get_u64(OPT_FEATURES_CLEAR)
             .map(Features::from_bits_retain)
     }
 
-    /// The object order, if set.
+    /// The object order, if set (`rbd_image_options_get_uint64`, `RBD_IMAGE_OPTION_ORDER`).
     pub fn get_order(&self) -> Option<u8> {
         self.get_u64(OPT_ORDER).and_then(|o| u8::try_from(o).ok())
     }
 
-    /// The object size in bytes, if the order is set.
+    /// The object size in bytes, if the order is set (from [`ImageOptions::get_order`]).
     pub fn get_object_size(&self) -> Option<u64> {
         self.get_order().map(|o| 1u64 << o)
     }
 
-    /// The stripe unit, if set.
+    /// The stripe unit, if set (`rbd_image_options_get_uint64`,
+    /// `RBD_IMAGE_OPTION_STRIPE_UNIT`).
     pub fn get_stripe_unit(&self) -> Option<u64> {
         self.get_u64(OPT_STRIPE_UNIT)
     }
 
-    /// The stripe count, if set.
+    /// The stripe count, if set (`rbd_image_options_get_uint64`,
+    /// `RBD_IMAGE_OPTION_STRIPE_COUNT`).
     pub fn get_stripe_count(&self) -> Option<u64> {
         self.get_u64(OPT_STRIPE_COUNT)
     }
 
-    /// The data pool, if set.
+    /// The data pool, if set (`rbd_image_options_get_string`, `RBD_IMAGE_OPTION_DATA_POOL`).
     pub fn get_data_pool(&self) -> Option<String> {
         self.get_str(OPT_DATA_POOL)
     }
 
-    /// The clone format, if set.
+    /// The clone format, if set (`rbd_image_options_get_uint64`,
+    /// `RBD_IMAGE_OPTION_CLONE_FORMAT`).
     pub fn get_clone_format(&self) -> Option<CloneFormat> {
         match self.get_u64(OPT_CLONE_FORMAT)? {
             1 => Some(CloneFormat::V1),

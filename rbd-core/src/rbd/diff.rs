@@ -191,7 +191,7 @@ impl Image {
         Ok(())
     }
 
-    /// All extents [`Image::diff_iterate`] reports, collected.
+    /// All extents [`Image::diff_iterate`] reports (`rbd_diff_iterate2`), collected.
     pub fn diff(&self, opts: &DiffOptions) -> Result<Vec<DiffExtent>> {
         let mut out = Vec::new();
         self.diff_iterate(opts, |offset, length, exists| {

@@ -276,8 +276,8 @@ impl Image {
         Ok(done)
     }
 
-    /// Writes all of `data` at `offset`: [`Image::write_at`] without the count, which is
-    /// always `data.len()`.
+    /// Writes all of `data` at `offset` (`rbd_write2`, in chunks as [`Image::write_at`]
+    /// does): [`Image::write_at`] without the count, which is always `data.len()`.
     pub fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write_at(offset, data).map(drop)
     }

@@ -24,7 +24,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,27 +34,6 @@ use rbd_driver::cluster::{
     ReleaseRequest,
 };
 use serde_json::json;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGINT,
-    ] {
-        // SAFETY: the handler only stores to a static atomic, which is async-signal-safe.
-        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
-    }
-}
 
 #[derive(Default)]
 struct Args {
@@ -168,7 +146,7 @@ fn open_hold(a: &Args, pool: &str, name: &str) -> rbd_driver::Result<(ImageRef, 
 }
 
 fn serve(a: &Args) -> Result<(), String> {
-    install_signal_handlers();
+    rbd_driver::daemon::stop_on_signals().expect("installing the signal handlers");
     let c = cluster(a)?;
     let pool = a.get("--pool").unwrap_or("rbd").to_owned();
     let in_use_file = a.get("--in-use-file").map(PathBuf::from);
@@ -250,7 +228,7 @@ fn serve(a: &Args) -> Result<(), String> {
                "daemon_addr": c.rados().getaddrs().map(|a| a.to_string()).unwrap_or_default()})
     );
     let mut watching = true;
-    while !STOP.load(Ordering::SeqCst) {
+    while !rbd_driver::daemon::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
         let now = server.is_watching();
         if now != watching {

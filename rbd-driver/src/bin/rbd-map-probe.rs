@@ -4,14 +4,18 @@
 //! kernel, so they exercise this crate's mappers, not the `rbd` CLI.
 //!
 //! ```text
-//! rbd-map-probe check BACKEND
+//! rbd-map-probe check BACKEND        (BACKEND: krbd, nbd, userspace or auto)
 //! rbd-map-probe map BACKEND --pool P --image I --image-id ID [--namespace NS] [--snap S]
 //!               [--read-only] [--exclusive] [--share] [--lock-on-read] [--queue-depth N]
-//!               [--io-timeout SECS] [--ms-mode MODE] [--conf PATH] [--id ID] [--keyring PATH]
+//!               [--io-timeout SECS] [--give-up-after SECS] [--ms-mode MODE] [--conf PATH] [--id ID] [--keyring PATH]
 //! rbd-map-probe list BACKEND
 //! rbd-map-probe unmap BACKEND DEVICE [--force]
 //! common: [--run-dir DIR] [--sysfs DIR] [--rbd-nbd PATH]
 //! ```
+//!
+//! `auto` chooses the backend as the Driver does ([`select`]: krbd, then nbd, then
+//! userspace); `check auto` prints `{"selected": BACKEND}`, and every line's `backend` is
+//! the one chosen.
 //!
 //! Output: `{"ok":true,"op":...,"ms":...,"result":...}` or
 //! `{"ok":false,"op":...,"ms":...,"error":"...","variant":"InUse"}`; exit status 0 or 1
@@ -23,18 +27,19 @@ use std::time::Instant;
 
 use rbd_driver::DriverError;
 use rbd_driver::mapper::{
-    Backend, CephAuth, MapOptions, MapRequest, Mapper, MapperConfig, mapper_for,
+    Backend, CephAuth, MapOptions, MapRequest, Mapper, MapperConfig, mapper_for, select,
 };
 use serde_json::{Value, json};
 
 struct Args {
     op: String,
-    backend: Backend,
+    /// `None`: `auto`.
+    backend: Option<Backend>,
     positional: Vec<String>,
     flags: Vec<(String, Option<String>)>,
 }
 
-const VALUED: [&str; 14] = [
+const VALUED: [&str; 15] = [
     "--pool",
     "--image",
     "--image-id",
@@ -42,6 +47,7 @@ const VALUED: [&str; 14] = [
     "--snap",
     "--queue-depth",
     "--io-timeout",
+    "--give-up-after",
     "--ms-mode",
     "--conf",
     "--id",
@@ -55,11 +61,10 @@ impl Args {
     fn parse() -> Result<Args, String> {
         let mut it = std::env::args().skip(1);
         let op = it.next().ok_or("missing operation")?;
-        let backend: Backend = it
-            .next()
-            .ok_or("missing backend")?
-            .parse()
-            .map_err(|e: DriverError| e.to_string())?;
+        let backend = match it.next().ok_or("missing backend")?.as_str() {
+            "auto" => None,
+            b => Some(b.parse().map_err(|e: DriverError| e.to_string())?),
+        };
         let mut positional = Vec::new();
         let mut flags = Vec::new();
         while let Some(a) = it.next() {
@@ -145,6 +150,7 @@ fn request(a: &Args) -> Result<MapRequest, String> {
             lock_on_read: a.has("--lock-on-read"),
             queue_depth: a.num("--queue-depth")?,
             io_timeout_secs: a.num("--io-timeout")?,
+            give_up_after_secs: a.num("--give-up-after")?,
             ms_mode: a.get("--ms-mode").map(str::to_owned),
         },
     })
@@ -171,6 +177,9 @@ fn variant(e: &DriverError) -> String {
 
 fn run(a: &Args, m: &dyn Mapper) -> Result<Result<Value, DriverError>, String> {
     Ok(match a.op.as_str() {
+        "check" if a.backend.is_none() => m
+            .check_available()
+            .map(|()| json!({"selected": m.backend()})),
         "check" => m.check_available().map(|()| Value::Null),
         "map" => {
             let req = request(a)?;
@@ -199,27 +208,36 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("rbd-map-probe: {e}");
-            eprintln!("usage: rbd-map-probe check|map|list|unmap BACKEND [options]");
+            eprintln!(
+                "usage: rbd-map-probe check|map|list|unmap krbd|nbd|userspace|auto [options]"
+            );
             return ExitCode::from(2);
         }
     };
-    let m = mapper_for(a.backend, &config(&a));
+    let cfg = config(&a);
     let t = Instant::now();
-    let res = match run(&a, m.as_ref()) {
-        Ok(r) => r,
-        Err(usage) => {
-            eprintln!("rbd-map-probe: {usage}");
-            return ExitCode::from(2);
-        }
+    let picked = match a.backend {
+        Some(b) => Ok(mapper_for(b, &cfg)),
+        None => select(None, &cfg),
+    };
+    let (backend, res) = match picked {
+        Ok(m) => match run(&a, m.as_ref()) {
+            Ok(r) => (json!(m.backend()), r),
+            Err(usage) => {
+                eprintln!("rbd-map-probe: {usage}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => (json!("auto"), Err(e)),
     };
     let ms = t.elapsed().as_millis() as u64;
     let (line, code) = match res {
         Ok(v) => (
-            json!({"ok": true, "op": a.op, "backend": a.backend, "ms": ms, "result": v}),
+            json!({"ok": true, "op": a.op, "backend": backend, "ms": ms, "result": v}),
             0,
         ),
         Err(e) => (
-            json!({"ok": false, "op": a.op, "backend": a.backend, "ms": ms,
+            json!({"ok": false, "op": a.op, "backend": backend, "ms": ms,
                    "error": chain(&e), "variant": variant(&e)}),
             1,
         ),

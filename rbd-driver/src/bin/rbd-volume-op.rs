@@ -18,6 +18,7 @@
 //!         [--id CLIENT] [--keyring PATH] [--pool POOL] [--backend B] [--umap-bin PATH]
 //!         [--format-at create|first-attach] [--ping-timeout SECS] [--io-timeout SECS]
 //!         [--timeout SECS] [--cluster-namespace NS] [--start-at-ms EPOCH_MS]
+//!         [--fsck-on-attach true|false]
 //! ```
 //!
 //! Output: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`; exit status 0 or 1
@@ -35,37 +36,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
 use rbd_driver::mapper::CephAuth;
 use rbd_driver::volume::{CreateSpec, Driver, DriverConfig, ReconcileOptions};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGINT,
-    ] {
-        // SAFETY: the handler only stores to a static atomic, which is async-signal-safe.
-        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
-    }
-}
-
 /// Runs a node daemon until a signal; see the module docs.
 fn daemon(d: Driver, interval: Duration) -> rbd_driver::Result<serde_json::Value> {
-    install_signal_handlers();
+    rbd_driver::daemon::stop_on_signals().expect("installing the signal handlers");
     let d = Arc::new(d);
     let daemon = NodeDaemon::start(
         d.clone(),
@@ -81,7 +60,7 @@ fn daemon(d: Driver, interval: Duration) -> rbd_driver::Result<serde_json::Value
                "addr": d.rados().getaddrs().map(|a| a.to_string()).unwrap_or_default(),
                "reconciles": seen, "report": daemon.last_report()})
     );
-    while !STOP.load(Ordering::SeqCst) {
+    while !rbd_driver::daemon::stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
         let n = daemon.reconcile_count();
         if n > seen {
@@ -149,6 +128,12 @@ fn main() -> ExitCode {
         match b.parse() {
             Ok(b) => cfg.backend = Some(b),
             Err(e) => return usage(&e.to_string()),
+        }
+    }
+    if let Some(f) = flags.get("--fsck-on-attach") {
+        match f.parse() {
+            Ok(f) => cfg.defaults.fsck_on_attach = f,
+            Err(_) => return usage(&format!("--fsck-on-attach {f}: expected true or false")),
         }
     }
     if let Some(f) = flags.get("--format-at") {

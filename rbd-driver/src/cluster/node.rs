@@ -13,7 +13,7 @@ pub const MAX_NODE_ID_LEN: usize = 253;
 const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 
 /// Environment variable that overrides the hostname default ([`NodeId::resolve`]).
-pub const NODE_ID_ENV: &str = "RBD_VOLUMES_NODE_ID";
+pub const NODE_ID_ENV: &str = "RBD_NODE_ID";
 
 /// A node's id: the hostname by default, or configured.
 ///
@@ -50,7 +50,7 @@ impl NodeId {
         })
     }
 
-    /// The node id to use: `configured` if given, else `$RBD_VOLUMES_NODE_ID` if set and
+    /// The node id to use: `configured` if given, else `$RBD_NODE_ID` if set and
     /// non-empty, else the hostname.
     pub fn resolve(configured: Option<&str>) -> Result<NodeId> {
         if let Some(c) = configured {
@@ -127,7 +127,7 @@ mod tests {
         for ok in [
             "a",
             "node-1",
-            "db1.example.com",
+            "db1.example.invalid",
             "n_2",
             "A9",
             "x".repeat(253).as_str(),

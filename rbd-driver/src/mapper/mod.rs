@@ -151,6 +151,23 @@ pub struct MapOptions {
     /// I/O timeout in seconds (rbd-nbd `--io-timeout`; userspace per-I/O deadline;
     /// krbd `osd_request_timeout`).
     pub io_timeout_secs: Option<u32>,
+    /// Userspace mapper: how long, in seconds, I/O may keep failing because the cluster
+    /// does not answer (each I/O fails with `EIO` at its deadline,
+    /// [`MapOptions::io_timeout_secs`]) with no I/O succeeding, before the mapper gives up:
+    /// it fails all pending and new I/O with `EIO`, tears the mapping down and exits
+    /// with [`exit::UNREACHABLE`](userspace::daemon::exit::UNREACHABLE). While stalled
+    /// it probes the image itself, so a cluster that comes back while the device is idle
+    /// is noticed. Unset: [`DEFAULT_GIVE_UP_AFTER_SECS`](userspace::daemon::DEFAULT_GIVE_UP_AFTER_SECS)
+    /// (120 s); `0`: never.
+    ///
+    /// The trade-off: krbd retries forever, so a long outage leaves processes blocked in
+    /// `D` state, but the device carries on where it stopped once the cluster is back.
+    /// Giving up frees the node (no hung processes, the image's watch and lock go, the
+    /// volume can be reattached) but turns the outage into an I/O error for the
+    /// filesystem, which needs a remount (reattach) afterwards. A short bound suits
+    /// nodes that must fail fast (fencing, rescheduling); a long one rides out OSD
+    /// restarts and mon elections. Ignored by krbd and rbd-nbd.
+    pub give_up_after_secs: Option<u32>,
     /// krbd `ms_mode` (`legacy`, `crc`, `secure`, `prefer-crc`, `prefer-secure`). Unset:
     /// the kernel's default (msgr1, the mons' v1 addresses); any mode but `legacy` makes
     /// krbd use msgr2 and the mons' v2 addresses. Ignored by the other backends.
@@ -164,6 +181,7 @@ impl Default for MapOptions {
             lock_on_read: false,
             queue_depth: None,
             io_timeout_secs: None,
+            give_up_after_secs: None,
             ms_mode: None,
         }
     }

@@ -9,13 +9,18 @@
 //! See [`daemon`] for what the process does, and [`record`] for its files.
 //!
 //! **List**: the records in `<run_dir>/umap/` whose process is alive (pid and start
-//! time) and whose loop device is bound to the record's FUSE file. A record whose process
-//! died is *stale*: if its loop device or its FUSE mount is still there it is listed with
-//! `pid: None`, for [`Mapper::unmap`] with `force` to clean up; if nothing of it is left it
-//! is removed ([`UserspaceMapper::cleanup_stale`] reports those). [`UserspaceMapper::entries`]
-//! shows every record with its state, without changing anything.
+//! time) and whose loop device is bound to the record's FUSE file, on the record's FUSE
+//! mount. A record whose process died is *stale*: if its loop device or its FUSE mount is
+//! still there it is listed with `pid: None`, for [`Mapper::unmap`] with `force` to clean
+//! up, and with an empty `device` once its loop device was reused by another mapping (a
+//! loop device counts as a record's only while it is bound to that record's FUSE file);
+//! if nothing of it is left it is removed
+//! ([`UserspaceMapper::cleanup_stale`] reports those). [`UserspaceMapper::entries`] shows
+//! every record with its state, without changing anything.
 //!
-//! **Unmap**: the mapping is found by device **and image id**. Without `force`, a device
+//! **Unmap**: the mapping is found by device **and image id**, and by pid: a mapping
+//! without one (a dead mapping) only ever matches a dead mapper's record, never a live
+//! mapping that reuses its device. Without `force`, a device
 //! that is mounted, held or open by another process is refused; otherwise the mapper gets
 //! `SIGTERM` and is waited for. With `force`, it gets `SIGUSR1` (fail all I/O with `EIO`,
 //! tear down without waiting for the device's users), then `SIGKILL` if it does not exit.
@@ -103,6 +108,39 @@ impl Entry {
             }
         )
     }
+
+    /// True when the record's device is its own: a running mapper bound to its loop
+    /// device, or a dead one whose loop device is still bound to its file.
+    pub fn owns_device(&self) -> bool {
+        matches!(
+            self.state,
+            EntryState::Running
+                | EntryState::Dead {
+                    loop_bound: true,
+                    ..
+                }
+        )
+    }
+
+    /// The mapping as [`Mapper::list`] shows it: with the mapper's pid while it runs;
+    /// without one when it is dead. A dead mapping whose loop device was released keeps
+    /// the device's name while that device is free, and shows an empty `device` once
+    /// another mapping reuses it: the device is then that mapping's, and only the dead
+    /// one's Ceph client (to fence) and dead FUSE mount (for [`Mapper::unmap`] to clean)
+    /// are left.
+    pub fn mapping(&self) -> Mapping {
+        let r = &self.record;
+        match self.state {
+            EntryState::Running | EntryState::Detaching => r.mapping(Some(r.pid)),
+            EntryState::Dead { loop_bound, .. } => {
+                let mut m = r.mapping(None);
+                if !loop_bound && r.loop_number().and_then(loopdev::backing_file).is_some() {
+                    m.device = PathBuf::new();
+                }
+                m
+            }
+        }
+    }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -121,16 +159,54 @@ fn new_token() -> String {
     )
 }
 
-/// True when a FUSE filesystem is mounted at `mnt` (from `/proc/self/mountinfo`).
+/// True when a filesystem is mounted at `mnt` (from `/proc/self/mountinfo`).
 fn is_mounted(mnt: &Path) -> bool {
     let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
+    mount_at(&mi, mnt).is_some()
+}
+
+/// The filesystem type and source of the (topmost) mount at `mnt` in mountinfo text
+/// `mi`.
+fn mount_at(mi: &str, mnt: &Path) -> Option<(String, String)> {
     let want = mnt.to_string_lossy();
-    mi.lines().any(|l| {
+    mi.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && unescape_mountinfo(f[4]) == want
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| {
+            (
+                f.get(sep + 1).copied().unwrap_or_default().to_owned(),
+                unescape_mountinfo(f.get(sep + 2).copied().unwrap_or_default()),
+            )
+        })
     })
+}
+
+/// Whether a mount is one of our mappers' FUSE mounts: type `fuse` (or `fuse.rbd-umap`),
+/// source `rbd-umap:<image>` (the mapper's FSName).
+fn is_mapper_fuse((fstype, source): &(String, String)) -> bool {
+    (fstype == "fuse" || fstype == "fuse.rbd-umap") && source.starts_with("rbd-umap:")
+}
+
+/// Whether the loop device a record names is still that record's: bound to the record's
+/// own FUSE file (its path holds the mapping's unique token), on a mapper FUSE mount at
+/// the record's own mountpoint. A dead mapper's loop number may have been reused by
+/// another mapping since: then the backing file is the other mapping's, and the device
+/// is not this record's.
+fn owns_loop(record: &Record, mountinfo: &str) -> bool {
+    let Some(n) = record.loop_number() else {
+        return false;
+    };
+    // By the binding's identity when recorded: it still matches once the FUSE mount was
+    // lazily unmounted (sysfs then names the file `/image`), and never after the device
+    // was detached and bound again (the kernel bumps diskseq on both).
+    if let Some(b) = &record.backing {
+        return loopdev::is_bound_to(n, b);
+    }
+    loopdev::backing_file(n).is_some_and(|b| b == record.fuse_file)
+        && record.fuse_file.parent() == Some(record.mountpoint.as_path())
+        && mount_at(mountinfo, &record.mountpoint).is_some_and(|m| is_mapper_fuse(&m))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space...).
@@ -270,15 +346,17 @@ impl UserspaceMapper {
     }
 
     /// Every record with its current state. Changes nothing.
+    ///
+    /// A record's loop device counts as its own only while it is bound to the record's
+    /// FUSE file on the record's FUSE mount: a dead mapper's loop number may have been
+    /// reused by another mapping since.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| DriverError::io("reading /proc/self/mountinfo", e))?;
         for (path, rec) in record::read_all(&self.run_dir()) {
             let Ok(record) = rec else { continue };
-            let bound = record.loop_number().is_some_and(|n| match &record.backing {
-                // By identity: the path changes once the FUSE mount is lazily unmounted.
-                Some(b) => loopdev::is_bound_to(n, b),
-                None => loopdev::backing_file(n).is_some_and(|b| b == record.fuse_file),
-            });
+            let bound = owns_loop(&record, &mountinfo);
             let state = if procinfo::alive(record.pid, record.start_time) {
                 if bound {
                     EntryState::Running
@@ -288,7 +366,7 @@ impl UserspaceMapper {
             } else {
                 EntryState::Dead {
                     loop_bound: bound,
-                    fuse_mounted: is_mounted(&record.mountpoint),
+                    fuse_mounted: mount_at(&mountinfo, &record.mountpoint).is_some(),
                 }
             };
             out.push(Entry {
@@ -329,16 +407,21 @@ impl UserspaceMapper {
             }
         }
         for e in self.entries()? {
-            if e.is_garbage() {
-                let paths = Paths::new(&self.run_dir(), &e.record.token);
-                let _ = std::fs::remove_dir(paths.mountpoint());
-                let _ = std::fs::remove_file(paths.asok());
-                if std::fs::remove_file(&e.path).is_ok() {
-                    removed.push(e);
-                }
+            if e.is_garbage() && self.remove_garbage(&e) {
+                removed.push(e);
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the files of a dead mapping of which nothing else is left
+    /// ([`Entry::is_garbage`]): mount point, socket and record. True when the record was
+    /// removed.
+    fn remove_garbage(&self, e: &Entry) -> bool {
+        let paths = Paths::new(&self.run_dir(), &e.record.token);
+        let _ = std::fs::remove_dir(paths.mountpoint());
+        let _ = std::fs::remove_file(paths.asok());
+        std::fs::remove_file(&e.path).is_ok()
     }
 
     /// Removes whatever is left of the mapping named `paths.token`: loop bindings to its
@@ -380,18 +463,32 @@ impl UserspaceMapper {
         errors
     }
 
+    /// The record of `m`. A mapping with a pid is that mapper's. One without (a dead
+    /// mapping, as [`Mapper::list`] shows it) only ever matches a dead mapper's record,
+    /// by its device or, once the loop device is no longer its own, by an empty device:
+    /// never a live mapping that reuses the device number.
     fn find(&self, m: &Mapping) -> Result<Entry> {
-        let entries = self.entries()?;
-        entries
+        let mut candidates: Vec<Entry> = self
+            .entries()?
             .into_iter()
-            .find(|e| {
+            .filter(|e| {
                 let r = &e.record;
-                r.device == m.device
+                let device =
+                    r.device == m.device || (m.device.as_os_str().is_empty() && !e.owns_device());
+                device
                     && r.image_id == m.image_id
                     && r.pool == m.pool
                     && r.namespace == m.namespace
-                    && (m.pid.is_none() || m.pid == Some(r.pid))
+                    && match m.pid {
+                        Some(pid) => r.pid == pid,
+                        None => matches!(e.state, EntryState::Dead { .. }),
+                    }
             })
+            .collect();
+        candidates.sort_by_key(|e| !e.owns_device());
+        candidates
+            .into_iter()
+            .next()
             .ok_or_else(|| DriverError::Map {
                 backend: Backend::Userspace,
                 image: m.spec(),
@@ -652,15 +749,11 @@ impl Mapper for UserspaceMapper {
         let mut out = Vec::new();
         for e in self.entries()? {
             match e.state {
-                EntryState::Running => out.push(e.record.mapping(Some(e.record.pid))),
                 EntryState::Detaching => {}
                 EntryState::Dead { .. } if e.is_garbage() => {
-                    let paths = Paths::new(&self.run_dir(), &e.record.token);
-                    let _ = std::fs::remove_dir(paths.mountpoint());
-                    let _ = std::fs::remove_file(paths.asok());
-                    let _ = std::fs::remove_file(&e.path);
+                    self.remove_garbage(&e);
                 }
-                EntryState::Dead { .. } => out.push(e.record.mapping(None)),
+                _ => out.push(e.mapping()),
             }
         }
         Ok(out)
@@ -783,6 +876,21 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo(r"/x\0"), r"/x\0");
+        let mi = "\
+36 25 0:52 / /run/umap/u1 rw,nosuid - fuse rbd-umap:rbd/v rw,user_id=0
+37 25 7:3 / /run/umap/u1 rw - ext4 /dev/loop3 rw
+38 25 0:53 / /run/a\\040b rw shared:1 - fuse rbd-umap:rbd/w rw
+39 25 0:54 / /run/c rw - fuse.sshfs host:/x rw
+";
+        // The topmost mount wins; optional fields before the separator are skipped.
+        let top = mount_at(mi, Path::new("/run/umap/u1")).unwrap();
+        assert_eq!(top, ("ext4".to_string(), "/dev/loop3".to_string()));
+        assert!(!is_mapper_fuse(&top));
+        assert!(is_mapper_fuse(
+            &mount_at(mi, Path::new("/run/a b")).unwrap()
+        ));
+        assert!(!is_mapper_fuse(&mount_at(mi, Path::new("/run/c")).unwrap()));
+        assert_eq!(mount_at(mi, Path::new("/run/umap")), None);
     }
 
     #[test]

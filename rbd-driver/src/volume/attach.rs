@@ -69,7 +69,17 @@ impl Driver {
             image_id: v.image_id.clone(),
             snap: None,
             read_only: v.read_only,
-            exclusive: !v.read_only,
+            // Read-write mappings take the exclusive lock at map time and keep it, except
+            // krbd's: the kernel implements none of librbd's proxied maintenance requests,
+            // so with `exclusive` (no lock transitions) the driver's own resize and
+            // snapshot of a mounted volume fail with EROFS (found by rbdctl's
+            // `volume_guest` test). Without it the kernel still takes the lock at map
+            // time (and for every write), hands it over when the resize or snapshot asks
+            // for it, and takes it back at its next write. One read-write holder per
+            // image is what the cluster registry guarantees, for every backend. The
+            // userspace mapper and rbd-nbd serve those requests through their own
+            // librbd, so they keep the lock.
+            exclusive: !v.read_only && v.backend != Some(mapper::Backend::Krbd),
             auth: self.cfg.auth.clone(),
             options: self.cfg.map_options.clone(),
         }
@@ -255,11 +265,13 @@ impl Driver {
                 }
                 let mut v = v;
                 if !v.mount_ids.contains(mount_id) {
+                    crash_point("attach:sharing");
                     self.store.update(|st| {
                         if let Some(e) = st.volumes.get_mut(name) {
                             e.mount_ids.insert(mount_id.to_owned());
                         }
                     })?;
+                    crash_point("attach:shared");
                     v.mount_ids.insert(mount_id.to_owned());
                     let tr = Instant::now();
                     self.register_mounts(&v);
@@ -445,6 +457,7 @@ impl Driver {
         let device = &mapping.device;
         let fs = self.ensure_fs(name, meta, device, v.read_only)?;
         if !v.read_only && self.cfg.defaults.fsck_on_attach {
+            crash_point("attach:checking");
             let report = fs_format::fsck(
                 device,
                 fs,
@@ -468,6 +481,7 @@ impl Driver {
                         .to_owned(),
                 });
             }
+            crash_point("attach:checked");
         }
         if !v.read_only {
             self.grow_offline_if_needed(name, fs, device)?;
@@ -567,6 +581,7 @@ impl Driver {
         if fs != FsType::Ext4 || !Self::needs_grow(device)? {
             return Ok(());
         }
+        crash_point("attach:growing");
         let report = fs_format::fsck(
             device,
             fs,
@@ -590,6 +605,7 @@ impl Driver {
         }
         fs_format::grow(device, fs, &fs_format::GrowOptions::default())
             .map_err(|e| DriverError::fs(format!("growing the filesystem of volume {name}"), e))?;
+        crash_point("attach:grown");
         Ok(())
     }
 
@@ -605,8 +621,10 @@ impl Driver {
         if fs == FsType::Ext4 || !Self::needs_grow(device)? {
             return Ok(());
         }
+        crash_point("attach:growing-online");
         fs_format::grow(mp, fs, &fs_format::GrowOptions::default())
             .map_err(|e| DriverError::fs(format!("growing the filesystem of volume {name}"), e))?;
+        crash_point("attach:grown-online");
         Ok(())
     }
 
@@ -676,7 +694,9 @@ impl Driver {
         }
         v.mount_ids.remove(mount_id);
         if !v.mount_ids.is_empty() && v.phase == Phase::Mounted {
+            crash_point("detach:releasing");
             self.put_volume(name, &v)?;
+            crash_point("detach:released");
             self.register_mounts(&v);
             report.remaining_mount_ids = v.mount_ids.iter().cloned().collect();
             return Ok(report);

@@ -29,10 +29,25 @@ pub const CRASH_POINTS: &[&str] = &[
     "attach:formatting",
     "attach:mounting",
     "attach:mounted",
+    // Only on some paths: a second mount ID joining a healthy mount (the reference is
+    // about to be / was just recorded), the fsck before mounting (`fsck_on_attach`), the
+    // ext4 offline grow before mounting and the xfs/btrfs online grow after it (when the
+    // image grew while detached).
+    "attach:sharing",
+    "attach:shared",
+    "attach:checking",
+    "attach:checked",
+    "attach:growing",
+    "attach:grown",
+    "attach:growing-online",
+    "attach:grown-online",
     "detach:unmounting",
     "detach:unmounted",
     "detach:unmapping",
     "detach:unmapped",
+    // A detach that is not the last reference: it is about to be / was just dropped.
+    "detach:releasing",
+    "detach:released",
     "remove:marking",
     "remove:marked",
     "remove:image-removed",

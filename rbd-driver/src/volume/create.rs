@@ -13,7 +13,8 @@ use crate::volume::index::{EntryState, IndexEntry, StoredEntry, now_secs};
 use crate::volume::meta::VolumeMeta;
 use crate::volume::name::validate_volume_name;
 use crate::volume::spec::{
-    AccessMode, CreateSpec, FormatAt, SnapshotSource, validate_mkfs_options, validate_mount_options,
+    AccessMode, CreateSpec, FormatAt, SnapshotSource, check_fs_size, validate_mkfs_options,
+    validate_mount_options,
 };
 use crate::volume::state::{CreatePhase, PendingCreate, PendingOp, Phase, VolumeState};
 
@@ -271,6 +272,21 @@ impl Driver {
                     p.spec, p.snap_size
                 ),
             ));
+        }
+        // The filesystem made at create or first attach must fit (mkfs refuses small
+        // devices). A clone keeps its parent's filesystem, unless the parent volume was
+        // never formatted; an image snapshot's content is unknown here.
+        let fs_to_make = match parent.as_ref().map(|p| p.meta.as_ref()) {
+            None => Some(r.fstype),
+            Some(Some(m)) if m.formatted.is_none() => Some(m.fstype.unwrap_or(r.fstype)),
+            Some(_) => None,
+        };
+        if let Some(fs) = fs_to_make {
+            let size = r
+                .size
+                .or(parent.as_ref().map(|p| p.snap_size))
+                .unwrap_or(self.cfg.defaults.size);
+            check_fs_size(&size.to_string(), size, fs, &r.mkfs_options)?;
         }
         for _attempt in 0..3 {
             if let Some(existing) = self.index.get(name)? {

@@ -235,7 +235,9 @@ pub fn validate_mount_id(id: &str) -> Result<()> {
 }
 
 impl Driver {
-    /// Connects to the cluster (bounded by `cfg.timeouts`), opens the name index and
+    /// Binds the mount root to the state dir (refused, naming both, when the mount root
+    /// belongs to another state dir; see [`OWNER_FILE`](crate::volume::OWNER_FILE)),
+    /// connects to the cluster (bounded by `cfg.timeouts`), opens the name index and
     /// recovers local state ([`Driver::recover`]; its report is in
     /// [`Driver::last_recovery`]). The mapper backend is chosen on first use, so a node
     /// without a usable mapper can still create, list and remove volumes.
@@ -253,7 +255,14 @@ impl Driver {
             )
         })?;
         restrict(&cfg.mount_root, 0o750)?;
-        store.load()?;
+        // One state dir per mount root: recovery must never see another's mounts.
+        let state = store.load()?;
+        crate::volume::owner::claim_mount_root(
+            &cfg.mount_root,
+            &cfg.state_dir,
+            &cfg.node_id,
+            &state,
+        )?;
         let mut opts = ConnectOptions::new()
             .conf_file(&cfg.auth.conf)
             .id(&cfg.auth.id)

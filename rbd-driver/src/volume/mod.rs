@@ -62,6 +62,7 @@ pub mod index;
 pub mod lock;
 pub mod meta;
 pub mod name;
+mod owner;
 mod recover;
 mod remove;
 pub mod spec;
@@ -75,8 +76,9 @@ pub use driver::{
 };
 pub use index::{EntryState, IndexEntry, VolumeIndex};
 pub use name::validate_volume_name;
+pub use owner::OWNER_FILE;
 pub use recover::{RecoveryAction, RecoveryReport};
-pub use remove::{RemoveOptions, RemoveReport};
+pub use remove::{FsGrowth, RemoveOptions, RemoveReport, ResizeReport};
 pub use spec::{
     AccessMode, CreateSpec, FormatAt, OPTION_KEYS, SnapshotSource, VolumeDefaults,
     parse_volume_size,

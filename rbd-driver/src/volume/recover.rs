@@ -60,8 +60,11 @@ impl Driver {
     /// - a crashed create is rolled back (image, protected parent snapshot, index entry),
     ///   unless it had already published its index entry, in which case it is complete;
     /// - a crashed remove is finished;
-    /// - a mount under the mount root that no state entry owns is unmounted, and its
-    ///   device unmapped when it is a mapping no entry owns.
+    /// - a mount under the mount root that no state entry owns is unmounted when its
+    ///   device is one of this node's mappings (an attach that crashed after mounting),
+    ///   and that device unmapped when no entry owns its image; a mount of anything else
+    ///   is left alone and reported in [`RecoveryReport::errors`]. (The mount root
+    ///   belongs to this driver's state dir alone: [`Driver::new`] checks that.)
     ///
     /// [`Driver::new`] runs it; run it again any time (it is idempotent).
     pub fn recover(&self) -> Result<RecoveryReport> {
@@ -199,7 +202,8 @@ impl Driver {
         Ok(())
     }
 
-    /// Unmounts mounts directly under the mount root that no state entry owns.
+    /// Unmounts mounts directly under the mount root that no state entry owns, when their
+    /// device is a mapping of this node.
     fn recover_orphan_mounts(&self, report: &mut RecoveryReport) -> Result<()> {
         let root = &self.cfg.mount_root;
         let root_canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
@@ -214,6 +218,10 @@ impl Driver {
                 Some((name, m.mount_point.clone(), PathBuf::from(&m.source)))
             })
             .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let mappings = mapper::list_all(&self.cfg.mapper)?;
         for (name, mp, source) in candidates {
             let Some(_l) = try_lock_volume(self.store.dir(), &name)? else {
                 continue;
@@ -224,19 +232,35 @@ impl Driver {
             }) {
                 continue;
             }
+            // Only what provably came from an attach here: a mapped image's device.
+            let source_canon = std::fs::canonicalize(&source).unwrap_or_else(|_| source.clone());
+            if !mappings
+                .iter()
+                .any(|m| m.device == source || m.device == source_canon)
+            {
+                report.errors.push(format!(
+                    "{name}: {} is mounted from {}, which is not a mapping of this node; \
+                     left alone",
+                    mp.display(),
+                    source.display()
+                ));
+                continue;
+            }
             let um = fs_format::unmount(&mp).map_err(|e| {
                 DriverError::fs(format!("unmounting orphan mount {}", mp.display()), e)
             })?;
             let mut what = format!("orphan mount {} ({:?})", mp.display(), um.outcome);
             // Its device, when it is a mapping that no state entry owns.
             let owned: BTreeSet<&str> = st.volumes.values().map(|v| v.image_id.as_str()).collect();
-            for m in mapper::list_all(&self.cfg.mapper)? {
-                if m.device == source && !owned.contains(m.image_id.as_str()) {
+            for m in &mappings {
+                if (m.device == source || m.device == source_canon)
+                    && !owned.contains(m.image_id.as_str())
+                {
                     let still_mounted = fs_format::mounts_of_device(&m.device)
                         .map(|v| !v.is_empty())
                         .unwrap_or(true);
                     if !still_mounted {
-                        mapper::mapper_for(m.backend, &self.cfg.mapper).unmap(&m, true)?;
+                        mapper::mapper_for(m.backend, &self.cfg.mapper).unmap(m, true)?;
                         what.push_str(&format!(", unmapped {}", m.device.display()));
                     }
                 }

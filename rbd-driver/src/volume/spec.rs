@@ -226,6 +226,12 @@ impl VolumeDefaults {
         }
         validate_mkfs_options(self.fstype, &self.mkfs_options)?;
         validate_mount_options(self.fstype, &self.mount_options)?;
+        check_fs_size(
+            &self.size.to_string(),
+            self.size,
+            self.fstype,
+            &self.mkfs_options,
+        )?;
         Ok(())
     }
 }
@@ -419,9 +425,13 @@ impl CreateSpec {
     /// the allowed keys; a bad value is [`DriverError::InvalidInput`] naming the value.
     pub fn from_options(opts: &BTreeMap<String, String>) -> Result<CreateSpec> {
         let mut spec = CreateSpec::default();
+        let mut size_input = None;
         for (key, value) in opts {
             match key.as_str() {
-                "size" => spec.size = Some(parse_volume_size(value)?),
+                "size" => {
+                    spec.size = Some(parse_volume_size(value)?);
+                    size_input = Some(value.as_str());
+                }
                 "pool" => {
                     validate_pool_name("pool", value)?;
                     spec.pool = Some(value.clone());
@@ -469,6 +479,14 @@ impl CreateSpec {
         if let Some(m) = &spec.mount_options {
             validate_mount_options(fs, m)?;
         }
+        if let (Some(size), Some(input)) = (spec.size, size_input) {
+            check_fs_size(
+                input,
+                size,
+                fs,
+                spec.mkfs_options.as_deref().unwrap_or_default(),
+            )?;
+        }
         Ok(spec)
     }
 
@@ -505,6 +523,14 @@ impl CreateSpec {
         }
         if let Some(m) = &self.mount_options {
             validate_mount_options(fs, m)?;
+        }
+        if let Some(s) = self.size {
+            check_fs_size(
+                &s.to_string(),
+                s,
+                fs,
+                self.mkfs_options.as_deref().unwrap_or_default(),
+            )?;
         }
         Ok(())
     }
@@ -629,6 +655,34 @@ fn check_features(input: &str, f: Features) -> Result<Features> {
         return bad("fast-diff needs object-map".into());
     }
     Ok(f)
+}
+
+/// Checks that a volume of `size` bytes can hold `fs` made with `mkfs_options`: mkfs
+/// refuses devices below [`MkfsArgs::min_size`] (xfs 300 MiB, btrfs 109 MiB), and the
+/// failure would only show at the first attach. `input` is the size as the user gave it,
+/// for the message.
+pub fn check_fs_size(input: &str, size: u64, fs: FsType, mkfs_options: &[String]) -> Result<()> {
+    let min = MkfsArgs::parse(fs, mkfs_options)
+        .map(|a| a.min_size())
+        .unwrap_or_else(|_| fs.min_size());
+    if size >= min {
+        return Ok(());
+    }
+    let with = if min > fs.min_size() {
+        format!(" with mkfs-options \"{}\"", mkfs_options.join(" "))
+    } else {
+        String::new()
+    };
+    Err(DriverError::invalid(
+        "size",
+        input,
+        format!(
+            "{} is too small for {fs}: {fs}{with} needs at least {} ({min} bytes); \
+             use a larger size or another fstype",
+            fs_format::human_size(size),
+            fs_format::human_size(min),
+        ),
+    ))
 }
 
 /// Checks extra mkfs arguments against fs-format's allowlist for `fs`.
@@ -820,6 +874,51 @@ mod tests {
                 "{k}={v}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn sizes_below_the_fstype_minimum_are_refused() {
+        for (kv, min) in [
+            (vec![("fstype", "xfs"), ("size", "256M")], "300 MiB"),
+            (vec![("fstype", "btrfs"), ("size", "100M")], "109 MiB"),
+            (
+                vec![
+                    ("fstype", "btrfs"),
+                    ("size", "200M"),
+                    ("mkfs-options", "-d dup"),
+                ],
+                "229 MiB",
+            ),
+        ] {
+            let e = CreateSpec::from_options(&opts(&kv)).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, DriverError::InvalidInput { what: "size", .. }),
+                "{msg}"
+            );
+            let size = kv.iter().find(|(k, _)| *k == "size").unwrap().1;
+            assert!(msg.contains(&format!("{size:?}")), "{msg}");
+            assert!(msg.contains(min), "{msg}");
+        }
+        CreateSpec::from_options(&opts(&[("fstype", "xfs"), ("size", "300M")])).unwrap();
+        CreateSpec::from_options(&opts(&[("size", "16M")])).unwrap();
+        // A spec built in code, and node defaults.
+        let s = CreateSpec {
+            fstype: Some(FsType::Xfs),
+            size: Some(64 << 20),
+            ..CreateSpec::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("300 MiB"));
+        let e = VolumeDefaults::default()
+            .with_options(&opts(&[("fstype", "xfs"), ("size", "256M")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("300 MiB"), "{e}");
+        let d = VolumeDefaults {
+            fstype: FsType::Btrfs,
+            size: 64 << 20,
+            ..VolumeDefaults::default()
+        };
+        assert!(d.validate().unwrap_err().to_string().contains("109 MiB"));
     }
 
     #[test]

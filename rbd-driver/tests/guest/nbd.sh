@@ -19,13 +19,24 @@ step() {
 }
 must() { case $out in *'"ok":true'*) ;; *) echo "@@ FAIL $1"; exit 1 ;; esac; }
 dev_of() { printf '%s' "$1" | sed -n 's/.*"device":"\([^"]*\)".*/\1/p'; }
+# queue_timeout TAG DEV: the block layer's request timeout of DEV (ms), which rbd-nbd's
+# --io-timeout sets through the nbd netlink interface.
+queue_timeout() { step "$1" cat "/sys/block/${2#/dev/}/queue/io_timeout"; }
 
 step check $P check nbd; must check
+# Automatic selection without krbd: the harness loaded the rbd module; unload it (nothing
+# is mapped yet) and auto must fall through to nbd, while krbd by name is refused.
+step rmmod_rbd rmmod rbd
+step checkKrbd $P check krbd
+step checkAuto $P check auto; must checkAuto
 
 # C: read-write, exclusive lock, I/O timeout, explicit keyring.
 step mapC $P map nbd --pool "$POOL" --image "$IMG_C" --image-id "$ID_C" \
   --keyring "$CEPH_KEYRING" --exclusive --io-timeout 60; must mapC
 DEV_C=$(dev_of "$out")
+# --exclusive: rbd-nbd holds the exclusive lock from map time on.
+step lockC_map rbd lock ls --format json "$POOL/$IMG_C"
+queue_timeout timeoutC "$DEV_C"
 # C's snapshot, read-only (key through the conf's keyring).
 step mapCsnap $P map nbd --pool "$POOL" --image "$IMG_C" --image-id "$ID_C" --snap "$SNAP_C"
 must mapCsnap
@@ -50,9 +61,12 @@ step sha_readback sh -c "dd if=$DEV_C bs=1M skip=1 count=4 iflag=direct 2>/dev/n
 # The snapshot mapping is read-only.
 step snap_write_refused dd if=/tmp/data of="$DEV_CS" bs=1M count=1 oflag=direct
 
-# ext4 on D; unmap refused while mounted.
-step mapD $P map nbd --pool "$POOL" --image "$IMG_D" --image-id "$ID_D"; must mapD
+# ext4 on D, mapped with the automatic backend (nbd here), no --io-timeout, not exclusive;
+# unmap refused while mounted.
+step mapD $P map auto --pool "$POOL" --image "$IMG_D" --image-id "$ID_D"; must mapD
 DEV_D=$(dev_of "$out")
+queue_timeout timeoutD "$DEV_D"
+step lockD_map rbd lock ls --format json "$POOL/$IMG_D"
 step mkfs mkfs.ext4 -q -F "$DEV_D"
 mkdir -p /mnt/d
 step mount mount -t ext4 "$DEV_D" /mnt/d

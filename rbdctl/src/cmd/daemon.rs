@@ -6,7 +6,6 @@
 //! the same attachments as every other tool on the host.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -72,32 +71,6 @@ pub struct ReconcileArgs {
     pub dry_run: bool,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() -> CliResult {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: `sigaction` with a zeroed struct plus a handler that only stores to a
-        // static atomic (async-signal-safe); the struct outlives the call.
-        let r = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if r != 0 {
-            return Err(CliError::io(
-                "installing the signal handlers",
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Logs to stderr (`RUST_LOG` filters; default `info`).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,7 +92,8 @@ pub fn daemon(cli: &Cli, a: &DaemonArgs) -> CliResult {
         ));
     }
     init_logging();
-    install_signal_handlers()?;
+    rbd_driver::daemon::stop_on_signals()
+        .map_err(|e| CliError::io("installing the signal handlers", e))?;
     let mut cfg = crate::node::driver_config(cli, &a.node)?;
     a.cluster.apply(&mut cfg);
     let driver = Arc::new(crate::node::open_driver(cfg)?);
@@ -159,7 +133,7 @@ pub fn daemon(cli: &Cli, a: &DaemonArgs) -> CliResult {
             }
         }
     }
-    while !STOP.load(Ordering::SeqCst) {
+    while !rbd_driver::daemon::stop_requested() {
         std::thread::sleep(Duration::from_millis(200));
         let n = d.reconcile_count();
         if n > seen {

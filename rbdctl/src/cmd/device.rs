@@ -74,7 +74,8 @@ pub struct MapArgs {
     #[arg(long)]
     pub exclusive: bool,
     /// Map options, comma-separated, repeatable: noshare|share, lock_on_read,
-    /// queue_depth=N, io_timeout=SECS (alias osd_request_timeout), ms_mode=MODE,
+    /// queue_depth=N, io_timeout=SECS (alias osd_request_timeout), give_up_after=SECS
+    /// (userspace: give up after that long without cluster I/O; 0 = never), ms_mode=MODE,
     /// exclusive, ro.
     #[arg(short = 'o', long = "options", value_name = "OPTS")]
     pub options: Vec<String>,
@@ -114,8 +115,8 @@ pub fn run(cli: &Cli, a: &DeviceArgs) -> CliResult {
 }
 
 /// The map options `-o` accepts.
-const MAP_OPTION_KEYS: &str =
-    "noshare, share, lock_on_read, queue_depth=N, io_timeout=SECS, ms_mode=MODE, exclusive, ro";
+const MAP_OPTION_KEYS: &str = "noshare, share, lock_on_read, queue_depth=N, io_timeout=SECS, give_up_after=SECS, \
+     ms_mode=MODE, exclusive, ro";
 
 /// What `-o` asked for besides [`MapOptions`].
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -153,6 +154,12 @@ pub fn parse_map_options(items: &[String]) -> CliResult<(MapOptions, MapFlags)> 
                 ("queue_depth", Some(v)) => o.queue_depth = Some(num(opt, v)?),
                 ("io_timeout" | "osd_request_timeout", Some(v)) => {
                     o.io_timeout_secs = Some(num(opt, v)?)
+                }
+                ("give_up_after", Some(v)) => {
+                    o.give_up_after_secs = Some(
+                        v.parse::<u32>()
+                            .map_err(|_| bad(opt, "expected a whole number of seconds"))?,
+                    )
                 }
                 ("ms_mode", Some(v)) => {
                     if !["legacy", "crc", "secure", "prefer-crc", "prefer-secure"].contains(&v) {
@@ -483,8 +490,9 @@ pub fn unmap(cli: &Cli, node: &NodeArgs, a: &UnmapArgs) -> CliResult {
                     .unwrap_or_default()
             )));
         }
-        // A dead mapper's record can still name a device that a live mapping reuses
-        // (its loop device was released when it died): the device is the live one's.
+        // Should a dead mapper's record name a device that a live mapping reuses, the
+        // device is the live one's. (The userspace mapper lists such a record without a
+        // device; this guards every backend.)
         let (live, dead): (Vec<Mapping>, Vec<Mapping>) = found
             .into_iter()
             .partition(|m| m.pid.is_some() || m.backend == rbd_driver::mapper::Backend::Krbd);
@@ -643,6 +651,14 @@ mod tests {
         assert!(o.lock_on_read && o.noshare && f.read_only && !f.exclusive);
         let (o, f) =
             parse_map_options(&["share,exclusive,io_timeout=30,ms_mode=crc".into()]).unwrap();
+        assert_eq!(
+            parse_map_options(&["give_up_after=0".into()])
+                .unwrap()
+                .0
+                .give_up_after_secs,
+            Some(0)
+        );
+        assert!(parse_map_options(&["give_up_after=soon".into()]).is_err());
         assert!(!o.noshare && f.exclusive);
         assert_eq!(o.io_timeout_secs, Some(30));
         assert_eq!(o.ms_mode.as_deref(), Some("crc"));

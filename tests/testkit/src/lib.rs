@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 
+pub mod cluster;
+pub mod cmd;
 pub mod testbed;
 
 /// True when running under CI (`CI=true` or `CI=1`).
@@ -101,4 +103,59 @@ pub fn workspace_root() -> PathBuf {
         .and_then(|p| p.parent())
         .map(PathBuf::from)
         .expect("testkit lives two levels below the workspace root")
+}
+
+pub use cmd::run as output_within;
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn output_within_captures_like_output() {
+        let out = super::output_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    }
+
+    #[test]
+    fn output_within_terminates_a_child_past_its_limit() {
+        let dir = std::env::temp_dir().join(super::unique("testkit-term"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("trap-ran");
+        let script = format!(
+            "trap 'kill $! 2>/dev/null; echo cleaned > {m}; exit 143' TERM; echo started; sleep 60 & wait $!",
+            m = marker.display()
+        );
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(|| {
+            super::output_within(
+                Command::new("sh").args(["-c", &script]),
+                Duration::from_secs(1),
+            )
+        });
+        let took = t.elapsed();
+        let msg = r
+            .expect_err("a child past its limit must make the call panic")
+            .downcast::<String>()
+            .map(|s| *s)
+            .unwrap_or_default();
+        assert!(msg.contains("did not finish within 1s"), "{msg}");
+        assert!(msg.contains("started"), "partial stdout is shown: {msg}");
+        assert!(
+            took < Duration::from_secs(9),
+            "SIGTERM was enough: {took:?}"
+        );
+        // SIGTERM first: the child's trap ran.
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap_or_default(),
+            "cleaned\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

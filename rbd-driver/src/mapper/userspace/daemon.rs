@@ -22,6 +22,13 @@
 //!   same without waiting for the device's users.
 //! - Blocklisted (an I/O failed with `Blocklisted`, or the watchdog saw our address on
 //!   the blocklist): like a forced unmap, exit status [`exit::BLOCKLISTED`].
+//! - The cluster unreachable: when I/O has been failing for want of an answer (deadline
+//!   passed, timed out, session lost) with no I/O succeeding for longer than
+//!   [`MapOptions::give_up_after_secs`](crate::mapper::MapOptions) (default
+//!   [`DEFAULT_GIVE_UP_AFTER_SECS`]), measured from the submission of the oldest failed
+//!   I/O: like a forced unmap, exit status [`exit::UNREACHABLE`], and the log says why.
+//!   Meanwhile the watchdog probes the image (one small read at a time), so a cluster
+//!   that comes back while the device is idle clears the count.
 //! - Killed with `SIGKILL`: the kernel aborts the FUSE connection when our `/dev/fuse`
 //!   descriptors close, so I/O on the loop device fails with `EIO`; the loop device
 //!   (autoclear) detaches once its last user closes it. The mount point and record are
@@ -61,10 +68,16 @@ pub mod exit {
     pub const BLOCKLISTED: i32 = 4;
     /// The FUSE session or the loop device went away underneath us.
     pub const LOST: i32 = 5;
+    /// The cluster did not answer for longer than the give-up bound: all I/O failed
+    /// with `EIO`, the mapping was torn down.
+    pub const UNREACHABLE: i32 = 6;
 }
 
 /// Default per-I/O deadline.
 pub const DEFAULT_IO_TIMEOUT_SECS: u32 = 30;
+/// Default give-up bound: seconds of failing I/O, without any success, after which the
+/// mapper gives up (see [`MapOptions::give_up_after_secs`](crate::mapper::MapOptions)).
+pub const DEFAULT_GIVE_UP_AFTER_SECS: u32 = 120;
 /// Default watchdog period ceiling (the period is half the I/O timeout, 1 s to this).
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -133,6 +146,7 @@ enum Stop {
     Force,
     Fenced(String),
     Lost(String),
+    Unreachable(String),
 }
 
 impl Stop {
@@ -140,9 +154,14 @@ impl Stop {
         match self {
             Stop::Unmap => "unmap".into(),
             Stop::Force => "forced unmap".into(),
-            Stop::Fenced(why) => why.clone(),
-            Stop::Lost(why) => why.clone(),
+            Stop::Fenced(why) | Stop::Lost(why) | Stop::Unreachable(why) => why.clone(),
         }
+    }
+
+    /// The cluster cannot be talked to (fenced, or not answering): teardown does not
+    /// wait for it and does not report its failures.
+    fn cluster_gone(&self) -> bool {
+        matches!(self, Stop::Fenced(_) | Stop::Unreachable(_))
     }
 }
 
@@ -253,6 +272,15 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         .io_timeout_secs
         .unwrap_or(DEFAULT_IO_TIMEOUT_SECS)
         .max(1);
+    let give_up = match req
+        .request
+        .options
+        .give_up_after_secs
+        .unwrap_or(DEFAULT_GIVE_UP_AFTER_SECS)
+    {
+        0 => None,
+        n => Some(Duration::from_secs(u64::from(n))),
+    };
     let forced = Arc::new(AtomicBool::new(false));
     // Resolve symlinks: the kernel names mount points and loop backing files that way.
     let _ = record::ensure_dir(&req.run_dir);
@@ -295,10 +323,14 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         }
     };
     log!(
-        "mapped {} on {} (client {}, I/O timeout {io_timeout} s)",
+        "mapped {} on {} (client {}, I/O timeout {io_timeout} s, {})",
         mapping.spec(),
         mapping.device.display(),
-        m.addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into())
+        m.addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+        match give_up {
+            Some(d) => format!("gives up after {} s without cluster I/O", d.as_secs()),
+            None => "never gives up".into(),
+        }
     );
     report(&Readiness::Ready {
         mapping,
@@ -322,7 +354,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
                 .clamp(Duration::from_secs(1), DEFAULT_CHECK_INTERVAL)
         })
         .max(Duration::from_millis(100));
-    let stop = rt.block_on(m.run(interval, signals, forced.clone()));
+    let stop = rt.block_on(m.run(interval, give_up, signals, forced.clone()));
     log!("stopping: {}", stop.describe());
     let errors = m.teardown(&stop, &forced);
     for e in &errors {
@@ -331,6 +363,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
     let code = match (&stop, errors.is_empty()) {
         (Stop::Fenced(_), _) => exit::BLOCKLISTED,
         (Stop::Lost(_), _) => exit::LOST,
+        (Stop::Unreachable(_), _) => exit::UNREACHABLE,
         (_, true) => exit::OK,
         (_, false) => exit::TEARDOWN_FAILED,
     };
@@ -538,8 +571,15 @@ impl Mapper {
     }
 
     /// Serves until something says stop.
-    async fn run(&mut self, interval: Duration, signals: Signals, forced: Arc<AtomicBool>) -> Stop {
+    async fn run(
+        &mut self,
+        interval: Duration,
+        give_up: Option<Duration>,
+        signals: Signals,
+        forced: Arc<AtomicBool>,
+    ) -> Stop {
         let shared = self.shared.clone().expect("set up");
+        let probing = Arc::new(AtomicBool::new(false));
         let Signals {
             mut term,
             mut int,
@@ -613,9 +653,47 @@ impl Mapper {
                     if let Some(stop) = self.check().await {
                         return stop;
                     }
+                    if let Some(stop) = self.check_reachable(give_up, &probing) {
+                        return stop;
+                    }
                 }
             }
         }
+    }
+
+    /// Gives up once I/O has failed for want of the cluster, with no success, for longer
+    /// than `give_up`; until then, probes the image while stalled (one read at a time).
+    fn check_reachable(
+        &self,
+        give_up: Option<Duration>,
+        probing: &Arc<AtomicBool>,
+    ) -> Option<Stop> {
+        let shared = self.shared.as_ref()?;
+        let stalled = shared.stalled_for(Instant::now())?;
+        if let Some(limit) = give_up
+            && stalled >= limit
+        {
+            let why = format!(
+                "unreachable: no I/O reached the cluster for {} s (give-up limit {} s); \
+                 failing all I/O with EIO",
+                stalled.as_secs(),
+                limit.as_secs()
+            );
+            shared.fence(why.clone());
+            return Some(Stop::Unreachable(why));
+        }
+        if let Some(backend) = &self.backend
+            && !probing.swap(true, Ordering::SeqCst)
+        {
+            let flag = probing.clone();
+            shared.probe(backend.as_ref(), move |ok| {
+                if ok {
+                    log_line("the cluster answers again");
+                }
+                flag.store(false, Ordering::SeqCst);
+            });
+        }
+        None
     }
 
     /// The watchdog's local checks: session alive, loop still ours, size.
@@ -773,7 +851,7 @@ impl Mapper {
             while outstanding() > 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            let fenced = matches!(stop, Stop::Fenced(_));
+            let fenced = stop.cluster_gone();
             if outstanding() > 0 {
                 let msg = format!(
                     "{} I/Os are still outstanding in librbd; the image is left to the \

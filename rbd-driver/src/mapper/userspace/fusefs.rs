@@ -48,6 +48,9 @@ pub(crate) enum IoError {
     Errno(i32),
     /// Our client is fenced: fail this and every later request, and tear down.
     Blocklisted(String),
+    /// The cluster did not answer (timed out, session lost): fail this request with
+    /// `EIO`, and count it towards giving up ([`Shared::stalled_for`]).
+    Unreachable,
 }
 
 /// An I/O in flight.
@@ -116,6 +119,12 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     size: AtomicU64,
     timeout: Duration,
+    /// Time base of `stalled_since`.
+    epoch: Instant,
+    /// When the oldest I/O that failed because the cluster did not answer (deadline
+    /// passed, timed out, session lost) was submitted, with no I/O succeeding since: in
+    /// milliseconds after `epoch`, plus one. 0 while healthy.
+    stalled_since: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -139,6 +148,8 @@ impl Shared {
             stats: Stats::default(),
             size: AtomicU64::new(size),
             timeout,
+            epoch: Instant::now(),
+            stalled_since: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&shared);
         let tick = (timeout / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
@@ -205,6 +216,46 @@ impl Shared {
         self.size.store(size, Ordering::Relaxed);
     }
 
+    /// An I/O reached the cluster: it is not stalled.
+    pub(crate) fn note_success(&self) {
+        self.stalled_since.store(0, Ordering::SeqCst);
+    }
+
+    /// An I/O submitted at `submitted` failed because the cluster did not answer. Keeps
+    /// the oldest such time until an I/O succeeds.
+    pub(crate) fn note_unreachable(&self, submitted: Instant) {
+        let ms = submitted.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        let _ = self
+            .stalled_since
+            .compare_exchange(0, ms, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// How long I/O has been failing for want of the cluster, with no I/O succeeding
+    /// since (measured from the submission of the oldest failed I/O); `None` while
+    /// healthy.
+    pub(crate) fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        match self.stalled_since.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(now.saturating_duration_since(self.epoch + Duration::from_millis(ms - 1))),
+        }
+    }
+
+    /// Reads the device's first block through `backend` like any I/O (with the
+    /// deadline, counted as outstanding): a success clears [`Shared::stalled_for`].
+    /// `done` gets whether it succeeded.
+    pub(crate) fn probe<B: BlockBackend + ?Sized>(
+        self: &Arc<Self>,
+        backend: &B,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) {
+        let len = self.size().min(4096) as usize;
+        if len == 0 {
+            done(false);
+            return;
+        }
+        self.submit(backend.read(0, len), move |r| done(r.is_ok()));
+    }
+
     /// Registers an I/O; `None` once fenced.
     fn register(&self, op: Arc<dyn Pending>) -> Option<(usize, u64)> {
         let deadline = Instant::now() + self.timeout;
@@ -239,15 +290,15 @@ impl Shared {
         }
     }
 
-    /// Takes the registered I/Os whose deadline has passed.
-    fn expired(&self, now: Instant) -> Vec<Arc<dyn Pending>> {
+    /// Takes the registered I/Os whose deadline has passed, with their deadlines.
+    fn expired(&self, now: Instant) -> Vec<(Instant, Arc<dyn Pending>)> {
         let mut t = lock(&self.table);
         let mut v = Vec::new();
         for i in 0..t.slots.len() {
             if t.slots[i].as_ref().is_some_and(|(_, d, _)| *d <= now)
-                && let Some((_, _, op)) = t.slots[i].take()
+                && let Some((_, d, op)) = t.slots[i].take()
             {
-                v.push(op);
+                v.push((d, op));
                 t.free.push(i);
             }
         }
@@ -270,6 +321,7 @@ impl Shared {
                 fut: Some(io),
                 finish: Some(Box::new(finish)),
             }),
+            submitted: Instant::now(),
         });
         match self.register(op.clone()) {
             Some(k) => {
@@ -286,9 +338,11 @@ fn deadline_watchdog(shared: Weak<Shared>, tick: Duration) {
     loop {
         std::thread::sleep(tick);
         let Some(s) = shared.upgrade() else { return };
-        let expired = s.expired(Instant::now());
-        for op in expired {
+        let now = Instant::now();
+        let expired = s.expired(now);
+        for (deadline, op) in expired {
             s.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            s.note_unreachable(deadline.checked_sub(s.timeout).unwrap_or(deadline));
             op.fail(Errno::EIO);
         }
     }
@@ -307,6 +361,7 @@ struct Op<T> {
     shared: Weak<Shared>,
     key: OnceLock<(usize, u64)>,
     state: Mutex<OpState<T>>,
+    submitted: Instant,
 }
 
 impl<T: Send + 'static> Op<T> {
@@ -330,10 +385,18 @@ impl<T: Send + 'static> Op<T> {
             shared.unregister(key, id);
         }
         let r = match r {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                shared.note_success();
+                Ok(v)
+            }
             Err(IoError::Errno(e)) => {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 Err(Errno::from_i32(e))
+            }
+            Err(IoError::Unreachable) => {
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                shared.note_unreachable(self.submitted);
+                Err(Errno::EIO)
             }
             Err(IoError::Blocklisted(why)) => {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -1006,11 +1069,15 @@ mod tests {
             s.shared.fenced().is_none(),
             "a timeout alone does not fence"
         );
-        // The device works again once the backend does.
+        // It counts towards giving up, from the failed I/O's submission.
+        let stalled = s.shared.stalled_for(Instant::now()).expect("stalled");
+        assert!(stalled >= Duration::from_millis(1400), "{stalled:?}");
+        // The device works again once the backend does, and the stall is over.
         s.stall.store(false, Ordering::SeqCst);
         let f = open_direct(&s.dev.as_ref().unwrap().path(), true);
         let (buf, a) = aligned(4096, 8);
         f.write_all_at(&buf[a..a + 4096], 0).unwrap();
+        assert_eq!(s.shared.stalled_for(Instant::now()), None);
     }
 
     #[test]

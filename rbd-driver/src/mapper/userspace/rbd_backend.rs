@@ -119,7 +119,9 @@ pub(crate) fn classify(e: rbd_core::Error) -> IoError {
         ErrorKind::InvalidInput => libc::EINVAL,
         ErrorKind::NotSupported => libc::EOPNOTSUPP,
         ErrorKind::PermissionDenied => libc::EACCES,
-        // Timeouts, lost sessions and everything else.
+        // The cluster did not answer: counts towards giving up.
+        ErrorKind::Timeout | ErrorKind::NotConnected => return IoError::Unreachable,
+        // Everything else.
         _ => libc::EIO,
     };
     IoError::Errno(errno)
