@@ -204,6 +204,8 @@ impl Driver {
 
     /// Unmounts mounts directly under the mount root that no state entry owns, when their
     /// device is a mapping of this node.
+    /// The mappings are listed only when an orphan is found (a fresh listing: it decides
+    /// what is unmounted and unmapped).
     fn recover_orphan_mounts(&self, report: &mut RecoveryReport) -> Result<()> {
         let root = &self.cfg.mount_root;
         let root_canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
@@ -221,7 +223,7 @@ impl Driver {
         if candidates.is_empty() {
             return Ok(());
         }
-        let mappings = mapper::list_all(&self.cfg.mapper)?;
+        let mut listing: Option<Vec<Mapping>> = None;
         for (name, mp, source) in candidates {
             let Some(_l) = try_lock_volume(self.store.dir(), &name)? else {
                 continue;
@@ -234,6 +236,10 @@ impl Driver {
             }
             // Only what provably came from an attach here: a mapped image's device.
             let source_canon = std::fs::canonicalize(&source).unwrap_or_else(|_| source.clone());
+            if listing.is_none() {
+                listing = Some(mapper::list_all(&self.cfg.mapper)?);
+            }
+            let mappings = listing.as_deref().unwrap_or_default();
             if !mappings
                 .iter()
                 .any(|m| m.device == source || m.device == source_canon)
@@ -252,7 +258,7 @@ impl Driver {
             let mut what = format!("orphan mount {} ({:?})", mp.display(), um.outcome);
             // Its device, when it is a mapping that no state entry owns.
             let owned: BTreeSet<&str> = st.volumes.values().map(|v| v.image_id.as_str()).collect();
-            for m in &mappings {
+            for m in mappings {
                 if (m.device == source || m.device == source_canon)
                     && !owned.contains(m.image_id.as_str())
                 {
