@@ -8,8 +8,9 @@
 #
 # usage: docker/plugin/build.sh [options]
 #   --name NAME        plugin name (default rbd:latest); volumes then use `-d NAME`
-#   --bin-dir DIR      where the binaries are (default <repo>/target/release)
-#   --build            run `cargo build --release` for them first
+#   --bin-dir DIR      where the binaries are (default <repo>/target/plugin)
+#   --build            run `cargo build --profile plugin` for them first (the shipping
+#                      profile: release with LTO, see Cargo.toml)
 #   --set KEY=VALUE    passed to `docker plugin set` before enabling (repeatable), e.g.
 #                      --set ceph.source=/etc/ceph --set CEPH_ID=docker
 #   --no-enable        create only (then: docker plugin set ...; docker plugin enable NAME)
@@ -23,7 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 NAME=rbd:latest
-BIN_DIR=$repo/target/release
+BIN_DIR=$repo/target/plugin
 BUILD=0
 ENABLE=1
 REPLACE=0
@@ -53,15 +54,15 @@ done
 dk() { timeout "$T" docker "$@"; }
 
 if [ "$BUILD" = 1 ]; then
-  log "building release binaries"
-  (cd "$repo" && timeout 3600 cargo build --release -p docker-volume-rbd -p rbd-driver --bins)
+  log "building the binaries (profile plugin)"
+  (cd "$repo" && timeout 3600 cargo build --profile plugin -p docker-volume-rbd -p rbd-driver --bins)
 fi
 
 PLUGIN_BIN=$BIN_DIR/docker-volume-rbd
 UMAP_BIN=$BIN_DIR/rbd-umap
-[ -x "$PLUGIN_BIN" ] || die "$PLUGIN_BIN not found (build it: cargo build --release -p docker-volume-rbd, or pass --build)"
+[ -x "$PLUGIN_BIN" ] || die "$PLUGIN_BIN not found (build it: cargo build --profile plugin -p docker-volume-rbd, or pass --build)"
 if [ ! -x "$UMAP_BIN" ]; then
-  [ "${ALLOW_NO_UMAP:-0}" = 1 ] || die "$UMAP_BIN not found (cargo build --release -p rbd-driver --bins, or ALLOW_NO_UMAP=1)"
+  [ "${ALLOW_NO_UMAP:-0}" = 1 ] || die "$UMAP_BIN not found (cargo build --profile plugin -p rbd-driver --bins, or ALLOW_NO_UMAP=1)"
   log "warning: building without rbd-umap (ALLOW_NO_UMAP=1)"
   UMAP_BIN=
 fi

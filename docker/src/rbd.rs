@@ -54,6 +54,12 @@ pub fn driver_config(cfg: &PluginConfig) -> Result<DriverConfig> {
         .saturating_sub(Duration::from_secs(5))
         .max(Duration::from_secs(1));
     d.lock_timeout = d.lock_timeout.min(lock_budget);
+    // The plugin moves no data (its mappers are processes of their own, with their own
+    // connections): one messenger thread serves its control traffic (index, registry,
+    // watches) and keeps the idle process small (see BENCHMARKS.md, "List latency and
+    // idle memory").
+    d.client_options
+        .push(("ms_async_op_threads".into(), "1".into()));
     Ok(d)
 }
 

@@ -756,3 +756,30 @@ fn an_abandoned_create_of_a_dead_node_blocks_the_name_only_until_it_is_stale() {
     d.remove(&name, false).unwrap();
     env.assert_nothing(POOL, "", &name);
 }
+
+/// `DriverConfig::client_options` reach the driver's own connection (the plugin runs one
+/// messenger thread), and an unknown option is refused at connect, naming it, before
+/// anything is created.
+#[test]
+fn client_options_apply_to_the_drivers_connection() {
+    let Some(env) = env(false) else { return };
+    let mut cfg = env.config("opts");
+    cfg.client_options = vec![("ms_async_op_threads".into(), "1".into())];
+    let d = env.driver_with(cfg);
+    assert_eq!(d.rados().conf_get("ms_async_op_threads").unwrap(), "1");
+    let plain = env.driver("plain");
+    assert_eq!(plain.rados().conf_get("ms_async_op_threads").unwrap(), "3");
+    drop(plain);
+    drop(d);
+
+    let mut cfg = env.config("bad-opts");
+    cfg.client_options = vec![("no_such_ceph_option".into(), "1".into())];
+    let err = Driver::new(cfg).map(|_| ()).unwrap_err();
+    let mut chain = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(e) = src {
+        chain.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    assert!(chain.contains("no_such_ceph_option"), "{chain}");
+}

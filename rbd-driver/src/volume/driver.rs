@@ -63,6 +63,11 @@ pub struct DriverConfig {
     /// Whether [`Driver::new`] runs [`Driver::recover`]. Default true; off only for
     /// read-only tools (`rbdctl reconcile --dry-run`).
     pub recover_on_start: bool,
+    /// Extra Ceph client options (`rados_conf_set`) for the driver's own cluster
+    /// connection, set before it connects; not for the mappings, whose mappers connect on
+    /// their own. Default none. The Docker plugin, which does no data I/O itself, runs
+    /// one messenger thread (`ms_async_op_threads = 1`) to stay small.
+    pub client_options: Vec<(String, String)>,
 }
 
 /// This host's name (`/proc/sys/kernel/hostname`), or `localhost`.
@@ -94,6 +99,7 @@ impl DriverConfig {
             resize_wait: Duration::from_secs(30),
             cluster: ClusterOptions::default(),
             recover_on_start: true,
+            client_options: Vec::new(),
         }
     }
 }
@@ -269,6 +275,9 @@ impl Driver {
             .timeouts(cfg.timeouts);
         if let Some(k) = &cfg.auth.keyring {
             opts = opts.keyring(k);
+        }
+        for (k, v) in &cfg.client_options {
+            opts = opts.option(k, v);
         }
         let rados = Rados::connect(&opts).map_err(|e| {
             DriverError::ceph(
