@@ -9,20 +9,45 @@
 #  5. removes that container and runs another that reads the data back and checks it;
 #  6. prints what happened (docker's and Ceph's view), then removes the volume.
 # Everything it started (plugin, dockerd, cluster) is stopped on exit, even on failure.
+# Every docker and plugin call is bounded (DEMO_TIMEOUT seconds, default 120).
+#
+#   DEMO_PROFILE=release (default) or debug: which build of the binaries to use.
+#   DEMO_BIN_DIR=DIR: use the binaries already in DIR and build nothing (the test
+#   tests/tests/demo.rs runs the demo on the binaries the test suite has built).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cd "$repo"
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then
+  say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+else
+  say() { printf '\n==> %s\n' "$*"; }
+fi
 
 say "installing system dependencies"
 "$here/install-deps.sh"
 
-say "building (release)"
-cargo build --release --locked -p rbdctl -p docker-volume-rbd -p rbd-driver
-RBDCTL=$repo/target/release/rbdctl
-PLUGIN=$repo/target/release/docker-volume-rbd
+PROFILE=${DEMO_PROFILE:-release}
+T=${DEMO_TIMEOUT:-120}
+case "$PROFILE" in
+  release) build_flags=(--release) ;;
+  debug) build_flags=() ;;
+  *) echo "DEMO_PROFILE must be release or debug, not '$PROFILE'" >&2; exit 2 ;;
+esac
+target=${CARGO_TARGET_DIR:-$repo/target}
+bin_dir=${DEMO_BIN_DIR:-}
+if [ -z "$bin_dir" ]; then
+  say "building ($PROFILE)"
+  cargo build "${build_flags[@]}" --locked -p rbdctl -p docker-volume-rbd -p rbd-driver --bins
+  bin_dir=$target/$PROFILE
+fi
+RBDCTL=$bin_dir/rbdctl
+PLUGIN=$bin_dir/docker-volume-rbd
+for b in "$RBDCTL" "$PLUGIN" "$bin_dir/rbd-umap"; do
+  [ -x "$b" ] || { echo "demo: $b is missing" >&2; exit 1; }
+done
+docker() { timeout -k 10 "$T" docker "$@"; }
 
 DEMO=$repo/.demo                   # plugin socket, state, mounts, logs
 DOCKER_DIR=/tmp/rbd-demo-docker    # short: dockerd's exec root holds unix sockets
@@ -55,7 +80,7 @@ eval "$("$here/dev-cluster.sh" up)"
 
 img=demo-$(date +%s)
 say "rbdctl create --size 1G $img"
-"$RBDCTL" create --size 1G "$img"
+timeout "$T" "$RBDCTL" create --size 1G "$img"
 
 say "rbdctl ls -l"
 "$RBDCTL" ls -l
@@ -86,11 +111,23 @@ export DOCKER_HOST
 say "starting the rbd volume plugin (docker finds it as '$DRIVER' through $SPEC)"
 rm -rf "$DEMO"; mkdir -p "$DEMO"
 RBD_PLUGIN_CONFIG= RBD_PLUGIN_SOCKET=$DEMO/rbd.sock RBD_STATE_DIR=$DEMO/state \
-  RBD_MOUNT_ROOT=$DEMO/mnt RBD_RUN_DIR=$DEMO/run RBD_BACKEND=userspace \
+  RBD_MOUNT_ROOT=$DEMO/mnt RBD_RUN_DIR=$DEMO/run RBD_BACKEND=userspace RBD_UMAP_BIN=$bin_dir/rbd-umap \
   "$PLUGIN" >"$DEMO/plugin.log" 2>&1 &
 plugin_pid=$!
 for _ in $(seq 1 100); do [ -S "$DEMO/rbd.sock" ] && break; sleep 0.1; done
 [ -S "$DEMO/rbd.sock" ] || { cat "$DEMO/plugin.log" >&2; echo "the plugin did not start" >&2; exit 1; }
+# The socket is bound at once; the plugin connects to the cluster (and starts its node
+# daemon) in the background and answers every call with an error until then. Wait until
+# List answers without one.
+ready=0
+for _ in $(seq 1 "$((T * 2))"); do
+  answer=$(curl -s --max-time 5 --unix-socket "$DEMO/rbd.sock" -X POST \
+    -H 'Content-Type: application/vnd.docker.plugins.v1+json' -d '{}' \
+    http://plugin/VolumeDriver.List || true)
+  if [ -n "$answer" ] && [ "$(jq -r '.Err // ""' <<<"$answer")" = "" ]; then ready=1; break; fi
+  sleep 0.5
+done
+[ "$ready" = 1 ] || { cat "$DEMO/plugin.log" >&2; echo "the plugin did not connect to the cluster: $answer" >&2; exit 1; }
 mkdir -p /etc/docker/plugins
 echo "unix://$DEMO/rbd.sock" >"$SPEC"
 echo "plugin pid $plugin_pid, socket $DEMO/rbd.sock (mode $(stat -c %a "$DEMO/rbd.sock"))"

@@ -16,7 +16,7 @@ PKGS=(
   # Compose v1 (Debian's), for the plugin's compose end-to-end test.
   docker-compose
   # Misc tools used by scripts, tests and benches.
-  fio iproute2 iptables jq procps psmisc kmod uuid-runtime ca-certificates
+  fio iproute2 iptables jq procps psmisc kmod uuid-runtime ca-certificates curl
   # systemd-socket-activate, for the plugin's socket-activation test.
   systemd
   # C toolchain bits for linking librados/librbd.

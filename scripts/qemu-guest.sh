@@ -10,7 +10,7 @@
 #       libraries and firmware the host lacks, busybox-static, iptables and libnl for the
 #       guest. Idempotent.
 #   scripts/qemu-guest.sh run [--bin PATH]... [--file SRC:DEST]... [--env NAME=VALUE]...
-#                            [--] GUEST_SCRIPT [ARG]...
+#                            [--module NAME]... [--] GUEST_SCRIPT [ARG]...
 #       Build a busybox initramfs, boot it, run GUEST_SCRIPT (busybox sh) inside, print the
 #       serial console and exit with the script's exit code (non-zero if no result marker
 #       was seen: boot failure, guest timeout, host timeout).
@@ -18,6 +18,8 @@
 #                          with its shared-library closure; also linked into /usr/local/bin
 #         --file SRC:DEST  host file or directory copied to DEST in the guest
 #         --env NAME=VAL   exported to the guest script
+#         --module NAME    an extra kernel module (e.g. xfs, btrfs) loaded at boot, with
+#                          its dependencies
 #       Exit codes: the guest script's own; 124 when no result marker was seen (boot
 #       failure, or the host timeout killed qemu); 137 when the guest-side time limit
 #       killed the script; 125 when the guest firewall could not be set up.
@@ -380,7 +382,7 @@ INIT
 }
 
 do_run() {
-  BINS=(); FILES=(); ENVS=(); SCRIPT=""; SCRIPT_ARGS=()
+  BINS=(); FILES=(); ENVS=(); MODS=(); SCRIPT=""; SCRIPT_ARGS=()
   while [ $# -gt 0 ]; do
     case $1 in
       --bin) [ $# -ge 2 ] || die "--bin needs a path"; BINS+=("$2"); shift 2 ;;
@@ -389,12 +391,14 @@ do_run() {
       --file=*) FILES+=("${1#--file=}"); shift ;;
       --env) [ $# -ge 2 ] || die "--env needs NAME=VALUE"; ENVS+=("$2"); shift 2 ;;
       --env=*) ENVS+=("${1#--env=}"); shift ;;
+      --module) [ $# -ge 2 ] || die "--module needs a name"; MODS+=("$2"); shift 2 ;;
+      --module=*) MODS+=("${1#--module=}"); shift ;;
       --) shift; break ;;
       -*) die "unknown option $1" ;;
       *) break ;;
     esac
   done
-  [ $# -ge 1 ] || die "usage: $0 run [--bin PATH]... [--file SRC:DEST]... [--env N=V]... -- GUEST_SCRIPT [ARG]..."
+  [ $# -ge 1 ] || die "usage: $0 run [--bin PATH]... [--file SRC:DEST]... [--env N=V]... [--module NAME]... -- GUEST_SCRIPT [ARG]..."
   SCRIPT=$1; shift
   SCRIPT_ARGS=("$@")
   [ -f "$SCRIPT" ] || die "guest script $SCRIPT not found"
@@ -445,10 +449,13 @@ do_run() {
   mknod -m 600 "$STAGE/dev/console" c 5 1 2>/dev/null || true
   mknod -m 666 "$STAGE/dev/null" c 1 3 2>/dev/null || true
 
-  # Kernel modules: rbd, nbd, virtio-net and netfilter bits, with dependencies.
+  # Kernel modules: rbd, nbd, virtio-net and netfilter bits, and those asked for with
+  # --module, with dependencies.
   local m line mods=() deps
   declare -A mseen=()
-  for m in rbd nbd virtio_pci virtio_net ip_tables iptable_filter iptable_nat xt_nat xt_tcpudp; do
+  for m in rbd nbd virtio_pci virtio_net ip_tables iptable_filter iptable_nat xt_nat xt_tcpudp \
+           ${MODS[@]+"${MODS[@]}"}; do
+    [[ $m =~ ^[A-Za-z0-9_-]+$ ]] || die "--module $m: not a module name"
     deps=$(modprobe --show-depends -d "$kroot" -S "$kver" "$m") || die "module $m not found in $kver"
     while read -r line; do
       case $line in
@@ -486,9 +493,10 @@ do_run() {
     add_bin "$f"
   done
 
-  # mke2fs and friends, rbd, rbd-nbd from the host.
+  # mke2fs and friends, the xfs tools, rbd, rbd-nbd from the host (the volume driver runs
+  # mkfs, fsck and the online grow tools: resize2fs, xfs_growfs).
   local b
-  for b in mke2fs e2fsck rbd rbd-nbd blkid; do
+  for b in mke2fs e2fsck resize2fs mkfs.xfs xfs_growfs xfs_repair rbd rbd-nbd blkid; do
     local p
     p=$(command -v "$b" || true)
     case $b in rbd|mke2fs) [ -n "$p" ] || die "$b not installed on the host (scripts/install-deps.sh)" ;; esac

@@ -71,7 +71,8 @@ pub struct Cli {
     /// Timeout in seconds for every cluster call.
     #[arg(long = "timeout", global = true, default_value_t = 30)]
     pub timeout: u64,
-    /// Never draw progress bars (they are drawn on stderr, and only when it is a terminal).
+    /// Never draw progress bars (they are drawn on stderr, only when stdout and stderr are
+    /// both terminals).
     #[arg(long = "no-progress", global = true)]
     pub no_progress: bool,
     /// The command.

@@ -1,5 +1,7 @@
-//! Progress bars for long operations, drawn on stderr only when stderr is a terminal and
-//! `--no-progress` is not given. Stdout carries only the command's result.
+//! Progress bars for long operations, drawn on stderr only when both stdout and stderr are
+//! terminals and `--no-progress` is not given: a command whose output goes to a file or a
+//! pipe (`rbdctl export IMG - | gzip`, scripts) shows none. Stdout carries only the
+//! command's result.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -25,7 +27,7 @@ pub struct Progress {
 
 /// Whether progress bars are drawn for this invocation.
 pub fn enabled(cli: &Cli) -> bool {
-    !cli.no_progress && std::io::stderr().is_terminal()
+    !cli.no_progress && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
 }
 
 impl Progress {

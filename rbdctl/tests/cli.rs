@@ -180,11 +180,29 @@ fn progress_only_on_a_terminal_and_never_with_no_progress() {
     let shown = on_a_terminal(&e.conf, &format!("export {img} {}", out.display()));
     assert!(shown.contains("Exporting image"), "{shown:?}");
 
+    // Stdout to a file or a pipe, stderr still on the terminal: no bar either.
+    let res = c.file("progress-result");
+    let shown = on_a_terminal(
+        &e.conf,
+        &format!("resize {img} --size 1536M > {}", res.display()),
+    );
+    assert_eq!(shown, "", "{shown:?}");
+    assert_eq!(
+        std::fs::read_to_string(&res).unwrap(),
+        format!("resized rbd/{img} from 1 GiB to 1.5 GiB\n")
+    );
+    let shown = on_a_terminal(
+        &e.conf,
+        &format!("export {img} - | cat > {}", out.display()),
+    );
+    assert!(!shown.contains("Exporting image"), "{shown:?}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 1536 << 20);
+
     // --no-progress on a terminal: only the result.
     let shown = on_a_terminal(&e.conf, &format!("--no-progress resize {img} --size 2G"));
     assert_eq!(
         shown.trim_end(),
-        format!("resized rbd/{img} from 1 GiB to 2 GiB"),
+        format!("resized rbd/{img} from 1.5 GiB to 2 GiB"),
         "{shown:?}"
     );
     let shown = on_a_terminal(

@@ -365,8 +365,16 @@ fn snapshot_resize_and_remove_force() {
 
     node.rbdctl(&["volume", "resize", &v, "--size", "2Q"])
         .code(2);
-    node.rbdctl(&["volume", "resize", &v, "--size", "128M"])
-        .ok();
+    let r = node
+        .rbdctl(&["volume", "resize", &v, "--size", "128M"])
+        .ok()
+        .stdout();
+    assert!(
+        r.contains("resized volume")
+            && r.contains("128 MiB")
+            && r.contains("next read-write attach"),
+        "the resize says the filesystem waits for the next attach: {r}"
+    );
     assert_eq!(env.rbd_json(&["info", &v])["size"], 128 << 20);
     // The filesystem grows at the next read-write attach.
     let mp = node

@@ -58,7 +58,17 @@ impl Driver {
             image_id: v.image_id.clone(),
             snap: None,
             read_only: v.read_only,
-            exclusive: !v.read_only,
+            // Read-write mappings take the exclusive lock at map time and keep it, except
+            // krbd's: the kernel implements none of librbd's proxied maintenance requests,
+            // so with `exclusive` (no lock transitions) the driver's own resize and
+            // snapshot of a mounted volume fail with EROFS (found by rbdctl's
+            // `volume_guest` test). Without it the kernel still takes the lock at map
+            // time (and for every write), hands it over when the resize or snapshot asks
+            // for it, and takes it back at its next write. One read-write holder per
+            // image is what the cluster registry guarantees, for every backend. The
+            // userspace mapper and rbd-nbd serve those requests through their own
+            // librbd, so they keep the lock.
+            exclusive: !v.read_only && v.backend != Some(mapper::Backend::Krbd),
             auth: self.cfg.auth.clone(),
             options: self.cfg.map_options.clone(),
         }

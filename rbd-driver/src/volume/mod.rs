@@ -78,6 +78,7 @@ pub use index::{EntryState, IndexEntry, VolumeIndex};
 pub use name::validate_volume_name;
 pub use owner::OWNER_FILE;
 pub use recover::{RecoveryAction, RecoveryReport};
+pub use remove::{FsGrowth, ResizeReport};
 pub use spec::{
     AccessMode, CreateSpec, FormatAt, OPTION_KEYS, SnapshotSource, VolumeDefaults,
     parse_volume_size,

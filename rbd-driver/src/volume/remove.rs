@@ -5,8 +5,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fs_format::FsType;
 use rbd_core::rbd::{self, Shrink, SnapNamespace};
 use rbd_core::{Image, IoCtx, OpenOptions};
+use serde::Serialize;
 
 use crate::error::{DriverError, Result};
 use crate::volume::attach::{join, wait_for_size};
@@ -393,8 +395,16 @@ impl Driver {
     /// Grows a volume to `new_size` bytes: the image, then, when it is mounted read-write
     /// on this node, the filesystem online (after the mapped device shows the new size).
     /// A volume mounted elsewhere or not at all gets its filesystem grown at its next
-    /// read-write attach. Shrinking is refused.
+    /// read-write attach. Shrinking is refused. [`Driver::resize_with_report`] also says
+    /// which of those happened.
     pub fn resize(&self, name: &str, new_size: u64) -> Result<()> {
+        self.resize_with_report(name, new_size).map(|_| ())
+    }
+
+    /// [`Driver::resize`], reporting the image's size before and after and what happened to
+    /// the filesystem: grown online (with its `statvfs` size before and after), or left
+    /// for the next read-write attach (and why).
+    pub fn resize_with_report(&self, name: &str, new_size: u64) -> Result<ResizeReport> {
         validate_volume_name(name)?;
         crate::volume::spec::parse_volume_size(&format!("{new_size}B"))?;
         let _lock = self.lock(name)?;
@@ -416,21 +426,54 @@ impl Driver {
         }
         let meta = VolumeMeta::read(&img)?;
         drop(img);
+        let mut report = ResizeReport {
+            volume: name.to_owned(),
+            image_size_before: cur,
+            image_size: new_size,
+            filesystem: FsGrowth::NextAttach,
+            fstype: meta.formatted,
+            mountpoint: None,
+            device: None,
+            fs_size_before: None,
+            fs_size_after: None,
+            note: String::new(),
+        };
         let st = self.load_state()?;
-        if let Some(v) = st.volumes.get(name)
-            && v.phase == Phase::Mounted
-            && !v.read_only
-            && let Some(dev) = &v.device
-        {
-            wait_for_size(dev, new_size, self.cfg.resize_wait)?;
-            let fs = match meta.formatted {
-                Some(f) => f,
-                None => match fs_format::probe(dev) {
-                    Ok(fs_format::Probe::Filesystem(i)) => i.kind.fs_type(),
-                    _ => return Ok(()),
-                },
-            };
-            fs_format::grow(&v.mountpoint, fs, &fs_format::GrowOptions::default()).map_err(|e| {
+        let Some(v) = st.volumes.get(name).filter(|v| v.phase == Phase::Mounted) else {
+            report.note = "not mounted on this node: the filesystem grows at its next \
+                           read-write attach"
+                .into();
+            return Ok(report);
+        };
+        report.mountpoint = Some(v.mountpoint.clone());
+        report.device = v.device.clone();
+        if v.read_only {
+            report.note = "mounted read-only on this node: the filesystem grows at its next \
+                           read-write attach"
+                .into();
+            return Ok(report);
+        }
+        let Some(dev) = &v.device else {
+            report.note = "no device recorded for the mount: the filesystem grows at its \
+                           next read-write attach"
+                .into();
+            return Ok(report);
+        };
+        wait_for_size(dev, new_size, self.cfg.resize_wait)?;
+        let fs = match meta.formatted {
+            Some(f) => f,
+            None => match fs_format::probe(dev) {
+                Ok(fs_format::Probe::Filesystem(i)) => i.kind.fs_type(),
+                _ => {
+                    report.filesystem = FsGrowth::None;
+                    report.note = format!("{} holds no filesystem to grow", dev.display());
+                    return Ok(report);
+                }
+            },
+        };
+        report.fstype = Some(fs);
+        let g = fs_format::grow(&v.mountpoint, fs, &fs_format::GrowOptions::default()).map_err(
+            |e| {
                 DriverError::fs(
                     format!(
                         "volume {name} was resized to {new_size} bytes, but growing its mounted \
@@ -439,9 +482,13 @@ impl Driver {
                     ),
                     e,
                 )
-            })?;
-        }
-        Ok(())
+            },
+        )?;
+        report.filesystem = FsGrowth::Online;
+        report.fs_size_before = g.size_before;
+        report.fs_size_after = g.size_after;
+        report.note = format!("{fs} grown online at {}", v.mountpoint.display());
+        Ok(report)
     }
 
     /// Takes a snapshot of a volume. When it is mounted read-write on this node, the
@@ -481,4 +528,41 @@ fn remove_image(io: &IoCtx, image: &str) -> Result<()> {
         Err(e) if e.kind() == rbd_core::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DriverError::ceph(format!("removing image {image}"), e)),
     }
+}
+
+/// What happened to a volume's filesystem in [`Driver::resize_with_report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsGrowth {
+    /// Grown now, while mounted read-write on this node.
+    Online,
+    /// Not mounted read-write on this node: grown at its next read-write attach.
+    NextAttach,
+    /// The device holds no filesystem (a volume never attached, formatted at first attach).
+    None,
+}
+
+/// What [`Driver::resize_with_report`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResizeReport {
+    /// The volume.
+    pub volume: String,
+    /// The image's size before, in bytes.
+    pub image_size_before: u64,
+    /// The image's size now, in bytes.
+    pub image_size: u64,
+    /// What happened to the filesystem.
+    pub filesystem: FsGrowth,
+    /// The filesystem type, when known.
+    pub fstype: Option<FsType>,
+    /// Where the volume is mounted on this node, if it is.
+    pub mountpoint: Option<PathBuf>,
+    /// Its mapped device on this node, if any.
+    pub device: Option<PathBuf>,
+    /// The filesystem's size (`statvfs`) before an online grow.
+    pub fs_size_before: Option<u64>,
+    /// The filesystem's size (`statvfs`) after an online grow.
+    pub fs_size_after: Option<u64>,
+    /// One line for people: what was done, or why the filesystem waits.
+    pub note: String,
 }

@@ -2,7 +2,9 @@
 //! [`rbd_driver::volume::Driver`] and the same node state.
 
 use clap::{Args, Subcommand};
-use rbd_driver::volume::{AccessMode, CreateSpec, VolumeInfo, VolumeStatus, parse_volume_size};
+use rbd_driver::volume::{
+    AccessMode, CreateSpec, FsGrowth, ResizeReport, VolumeInfo, VolumeStatus, parse_volume_size,
+};
 use serde_json::{Value, json};
 
 use crate::Cli;
@@ -252,10 +254,13 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
             rbd_driver::volume::validate_volume_name(name)?;
             let bytes = parse_volume_size(size)?;
             let d = driver(cli, node)?;
-            d.resize(name, bytes)?;
-            done(cli.format, json!({ "volume": name, "size": bytes }), || {
-                format!("resized volume {name} to {}", human_size(bytes))
-            });
+            let r = d.resize_with_report(name, bytes)?;
+            let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                // The old output's key, kept for scripts.
+                o.insert("size".into(), json!(bytes));
+            }
+            done(cli.format, v, || resize_text(&r));
             Ok(())
         }
         VolumeCmd::Snapshot { name, snap } => {
@@ -277,6 +282,29 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
             Ok(())
         }
     }
+}
+
+/// `rbdctl volume resize`'s text: the image's new size, then what the filesystem did.
+fn resize_text(r: &ResizeReport) -> String {
+    let mut s = format!(
+        "resized volume {} to {}",
+        r.volume,
+        human_size(r.image_size)
+    );
+    match (r.filesystem, r.fs_size_before, r.fs_size_after) {
+        (FsGrowth::Online, Some(b), Some(a)) => s.push_str(&format!(
+            "; {} filesystem grown online at {}: {} -> {}",
+            r.fstype.map(|f| f.to_string()).unwrap_or_default(),
+            r.mountpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            human_size(b),
+            human_size(a)
+        )),
+        _ => s.push_str(&format!("; {}", r.note)),
+    }
+    s
 }
 
 fn dash(s: &str) -> String {
