@@ -148,8 +148,12 @@ pub enum DriverError {
     FenceFailed {
         /// `pool/[namespace/]image (id ...)`.
         image: String,
-        /// What is left (e.g. a watcher that did not go away).
+        /// What failed or is left (e.g. a lock owner that could not be blocklisted, a
+        /// watcher that did not go away).
         reason: String,
+        /// The Ceph error, when a call failed (e.g. the blocklist command).
+        #[source]
+        source: Option<rbd_core::Error>,
     },
 }
 

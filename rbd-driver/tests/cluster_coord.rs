@@ -459,3 +459,361 @@ fn slow_but_live_holder_is_not_fenced() {
     let entry = a.registry(POOL).unwrap().get(&img).unwrap().unwrap();
     assert_eq!(entry.holders[0].node, *a.node());
 }
+
+/// One client of a test image on its own connection (a mapping, or an old plugin's
+/// `rbd lock add` process), closed on drop (bounded: it may be fenced).
+struct Client {
+    inner: Option<(Image, Rados)>,
+    addr: EntityAddr,
+    /// `client.N`, as lockers are listed.
+    entity: String,
+}
+
+impl Client {
+    fn open(conf: &std::path::Path, t: &TestImage) -> Client {
+        let r = connect(conf);
+        let io = r.ioctx(POOL).unwrap();
+        let img = Image::open_by_id(&io, &t.id, &OpenOptions::new()).unwrap();
+        let addr = addr_of(&r);
+        t.unblock_later(addr);
+        let entity = format!("client.{}", r.instance_id());
+        Client {
+            inner: Some((img, r)),
+            addr,
+            entity,
+        }
+    }
+
+    fn image(&self) -> &Image {
+        &self.inner.as_ref().unwrap().0
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(x) = self.inner.take() {
+            drop_bounded(x, 15);
+        }
+    }
+}
+
+/// Asserts that of the clients `known` to a test, exactly `fenced` are blocklisted
+/// (other tests blocklist their own clients meanwhile, so the whole list is not compared).
+fn assert_blocklisted_exactly(admin: &Rados, known: &[EntityAddr], fenced: &[EntityAddr]) {
+    for a in known {
+        let want = fenced.iter().any(|f| f.same_instance(a));
+        assert_eq!(
+            admin.is_blocklisted(a).unwrap(),
+            want,
+            "{a}: blocklisted should be {want}"
+        );
+    }
+}
+
+fn same_set(a: &[EntityAddr], b: &[EntityAddr]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| y.same_instance(x)))
+}
+
+/// Advisory locks, the way old plugins (rexray/rbd: `rbd lock add`) held images, are
+/// broken by a fence, and exactly their owners (and the image's watchers) are
+/// blocklisted: an exclusive advisory lock left by a process that has exited, with a
+/// mapping's client watching; shared advisory locks of two clients beside a shared lock of
+/// our own (kept); and an exclusive advisory lock on an image with the exclusive-lock
+/// feature (librbd cannot name a managed owner for it).
+#[test]
+fn fence_breaks_advisory_locks_and_blocklists_exactly_their_owners() {
+    use rbd_core::rbd::Features;
+    let Some(conf) = conf() else { return };
+    let ns = test_namespace();
+    let b = node(&conf, "node-b", &ns);
+    let own = addr_of(b.rados());
+    let target = |t: &TestImage| FenceTarget {
+        image: t.image_ref(),
+        node: Some(NodeId::new("old-plugin").unwrap()),
+        addrs: Vec::new(),
+        reason: "test: advisory locks".into(),
+    };
+
+    // 1. `rbd lock add IMG rexray` by a process that exited, then a mapping watching it.
+    let t1 = TestImage::create_with(&conf, "coord-adv-x", &ns, Features::LAYERING);
+    let locker = Client::open(&conf, &t1);
+    locker.image().lock_exclusive("rexray").unwrap();
+    let (locker_addr, locker_entity) = (locker.addr, locker.entity.clone());
+    drop(locker);
+    let mapping = Client::open(&conf, &t1);
+    let out = b.fence(&target(&t1), &[]).unwrap();
+    eprintln!("rexray-style: {:?}", out.record);
+    assert!(
+        same_set(&out.record.addrs, &[locker_addr, mapping.addr]),
+        "{:?}",
+        out.record
+    );
+    assert_eq!(
+        out.record.locks_broken,
+        vec![format!("advisory {locker_entity} rexray")]
+    );
+    assert_blocklisted_exactly(
+        &t1.admin,
+        &[locker_addr, mapping.addr, own],
+        &[locker_addr, mapping.addr],
+    );
+    let io = t1.admin.ioctx(POOL).unwrap();
+    let img = Image::open_by_id(&io, &t1.id, &OpenOptions::new().read_only(true)).unwrap();
+    assert!(img.list_lockers().unwrap().lockers.is_empty());
+    assert!(img.watchers().unwrap().is_empty());
+    drop(img);
+
+    // 2. Shared advisory locks of two clients, and one of ours with the same tag.
+    let t2 = TestImage::create_with(&conf, "coord-adv-s", &ns, Features::LAYERING);
+    let x = Client::open(&conf, &t2);
+    let y = Client::open(&conf, &t2);
+    x.image().lock_shared("cx", "rexray").unwrap();
+    y.image().lock_shared("cy", "rexray").unwrap();
+    let ours =
+        Image::open_by_id(&b.rados().ioctx(POOL).unwrap(), &t2.id, &OpenOptions::new()).unwrap();
+    ours.lock_shared("cb", "rexray").unwrap();
+    let out = b.fence(&target(&t2), &[]).unwrap();
+    eprintln!("shared: {:?}", out.record);
+    assert!(
+        same_set(&out.record.addrs, &[x.addr, y.addr]),
+        "{:?}",
+        out.record
+    );
+    let mut broken = out.record.locks_broken.clone();
+    broken.sort();
+    let mut want = vec![
+        format!("advisory {} cx", x.entity),
+        format!("advisory {} cy", y.entity),
+    ];
+    want.sort();
+    assert_eq!(broken, want);
+    assert_blocklisted_exactly(&t2.admin, &[x.addr, y.addr, own], &[x.addr, y.addr]);
+    let left = ours.list_lockers().unwrap();
+    assert_eq!(left.lockers.len(), 1, "{left:?}");
+    assert_eq!(left.lockers[0].cookie, "cb");
+    assert!(left.lockers[0].addr.same_instance(&own));
+    assert!(
+        out.spared
+            .iter()
+            .any(|(a, why)| a.same_instance(&own) && why == "our own address"),
+        "{:?}",
+        out.spared
+    );
+    ours.unlock("cb").unwrap();
+    drop(ours);
+
+    // 3. An exclusive advisory lock on an image with the exclusive-lock feature (librbd's
+    // lock_get_owners answers EBUSY: "locked by an external mechanism"), and a client with
+    // the image open read-only: librbd registers no watch for a read-only open, so it is
+    // neither watcher nor owner, cannot write, and is left alone.
+    let t3 = TestImage::create(&conf, "coord-adv-e", &ns);
+    let x3 = Client::open(&conf, &t3);
+    x3.image().lock_exclusive("old-plugin").unwrap();
+    let r3 = connect(&conf);
+    let r3_addr = addr_of(&r3);
+    t3.unblock_later(r3_addr);
+    let ro = Image::open_by_id(
+        &r3.ioctx(POOL).unwrap(),
+        &t3.id,
+        &OpenOptions::new().read_only(true),
+    )
+    .unwrap();
+    let out = b.fence(&target(&t3), &[]).unwrap();
+    eprintln!("exclusive-lock image: {:?}", out.record);
+    assert!(same_set(&out.record.addrs, &[x3.addr]), "{:?}", out.record);
+    assert_eq!(
+        out.record.locks_broken,
+        vec![format!("advisory {} old-plugin", x3.entity)]
+    );
+    assert_blocklisted_exactly(&t3.admin, &[x3.addr, r3_addr, own], &[x3.addr]);
+    let mut buf = [0u8; 512];
+    ro.read_at(0, &mut buf).unwrap();
+    let img =
+        Image::open_by_id(&t3.admin.ioctx(POOL).unwrap(), &t3.id, &OpenOptions::new()).unwrap();
+    assert!(img.list_lockers().unwrap().lockers.is_empty());
+    assert!(img.lock_get_owners().unwrap().owners.is_empty());
+    drop(img);
+    drop_bounded((ro, r3), 15);
+    drop((x, y, x3, mapping));
+    // Every fence was recorded.
+    assert_eq!(b.registry(POOL).unwrap().fences(false).unwrap().len(), 3);
+}
+
+/// A cephx user made for one test, deleted on drop.
+struct TestUser {
+    admin: Rados,
+    entity: String,
+    key: String,
+}
+
+impl TestUser {
+    fn create(conf: &std::path::Path, caps: &[&str]) -> TestUser {
+        let admin = connect(conf);
+        let entity = format!("client.{}", testkit::unique("nofence"));
+        #[derive(serde::Deserialize)]
+        struct Key {
+            key: String,
+        }
+        let keys: Vec<Key> = admin
+            .mon_command_json(&serde_json::json!({
+                "prefix": "auth get-or-create",
+                "entity": entity,
+                "caps": caps,
+            }))
+            .unwrap();
+        let key = keys.into_iter().next().expect("a key").key;
+        TestUser { admin, entity, key }
+    }
+
+    fn connect(&self, conf: &std::path::Path) -> Rados {
+        Rados::connect(
+            &rbd_core::ConnectOptions::new()
+                .conf_file(conf)
+                .name(&self.entity)
+                .key(&self.key)
+                .timeouts(rbd_core::Timeouts::uniform(Duration::from_secs(10))),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = self.admin.mon_command(
+            &serde_json::json!({"prefix": "auth del", "entity": self.entity}),
+            &[],
+        );
+    }
+}
+
+/// A fence that cannot cut the holder off fails with `FenceFailed` naming the client it
+/// could not blocklist and what that client is, and changes nothing: the fencing node's
+/// cephx user may not blocklist (`mon 'allow r'`), the image has an advisory lock of an
+/// old plugin's client. The lock is not broken (its owner could still write), nothing is
+/// blocklisted, and nothing is recorded.
+#[test]
+fn fence_that_cannot_blocklist_fails_naming_the_client_and_breaks_nothing() {
+    use rbd_core::rbd::Features;
+    let Some(conf) = conf() else { return };
+    let ns = test_namespace();
+    let user = TestUser::create(&conf, &["mon", "allow r", "osd", "allow rwx pool=rbd"]);
+    let mut cfg = rbd_driver::cluster::ClusterConfig::new(NodeId::new("node-b").unwrap());
+    cfg.namespace = ns.clone();
+    let b = rbd_driver::cluster::Cluster::new(user.connect(&conf), cfg);
+    let t = TestImage::create_with(&conf, "coord-nofence", &ns, Features::LAYERING);
+    let locker = Client::open(&conf, &t);
+    locker.image().lock_exclusive("rexray").unwrap();
+    let target = FenceTarget {
+        image: t.image_ref(),
+        node: Some(NodeId::new("old-plugin").unwrap()),
+        addrs: Vec::new(),
+        reason: "test: no blocklist caps".into(),
+    };
+    let e = b.fence(&target, &[]).unwrap_err();
+    let msg = e.to_string();
+    eprintln!("{msg}");
+    assert!(matches!(e, DriverError::FenceFailed { .. }), "{e:?}");
+    assert!(msg.contains(&t.name), "{msg}");
+    assert!(
+        msg.contains(&format!("could not blocklist {}", locker.addr)),
+        "{msg}"
+    );
+    assert!(msg.contains("no lock was broken"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "(watcher, owner of advisory lock rexray held by {})",
+            locker.entity
+        )),
+        "{msg}"
+    );
+    let cause = std::error::Error::source(&e).expect("the Ceph error as source");
+    eprintln!("cause: {cause}");
+    // Nothing changed: the lock is still there, nothing blocklisted, nothing recorded.
+    let lockers = locker.image().list_lockers().unwrap().lockers;
+    assert_eq!(lockers.len(), 1, "{lockers:?}");
+    assert_eq!(lockers[0].cookie, "rexray");
+    assert_blocklisted_exactly(&t.admin, &[locker.addr], &[]);
+    let reg = rbd_driver::cluster::Cluster::new(connect(&conf), {
+        let mut c = rbd_driver::cluster::ClusterConfig::new(NodeId::new("node-c").unwrap());
+        c.namespace = ns.clone();
+        c
+    });
+    assert!(
+        reg.registry(POOL)
+            .unwrap()
+            .fences(false)
+            .unwrap()
+            .is_empty()
+    );
+    locker.image().unlock("rexray").unwrap();
+}
+
+/// A forced claim takes the image from a live holder that will not give it up: node A's
+/// daemon answers pings but refuses even a forced release (as one in the middle of an
+/// operation does), and A's mapping holds the exclusive lock. Without force: a refusal
+/// naming A and its mount ID, nothing fenced. With force: A was asked with force, then its
+/// mapping was fenced (exactly its address, the lock broken, logged) and B holds the
+/// image; A's daemon connection stays usable.
+#[test]
+fn forced_claim_fences_a_live_holder_that_will_not_release() {
+    let Some(conf) = conf() else { return };
+    let ns = test_namespace();
+    let t = TestImage::create(&conf, "coord-force", &ns);
+    let a = node(&conf, "node-a", &ns);
+    let b = node(&conf, "node-b", &ns);
+    let h = HungNode::start(&conf, &t, &ns, false);
+    register_hung(&a, &t, &h);
+    let asked: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let seen = asked.clone();
+    let server = a
+        .serve(
+            POOL,
+            Arc::new(move |req: &ReleaseRequest| {
+                seen.lock().unwrap().push(req.force);
+                ReleaseOutcome::InUse {
+                    mount_ids: vec!["ctr-1".into()],
+                    reason: "an operation on the volume is in progress".into(),
+                }
+            }),
+        )
+        .unwrap();
+
+    let e = b
+        .claim(&t.image_ref(), Mode::Rw, &ClaimOptions::default())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, DriverError::InUse { .. }), "{e:?}");
+    assert!(msg.contains("node node-a refused"), "{msg}");
+    assert!(msg.contains("ctr-1"), "{msg}");
+    assert!(!t.admin.is_blocklisted(&h.mapping_addr).unwrap());
+    assert_eq!(*asked.lock().unwrap(), vec![false]);
+
+    let claim = b
+        .claim(
+            &t.image_ref(),
+            Mode::Rw,
+            &ClaimOptions {
+                force: true,
+                ..ClaimOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(*asked.lock().unwrap(), vec![false, true]);
+    let reason = &claim.fenced[0].record.reason;
+    assert!(
+        reason.contains("forced takeover: node node-a refused to release it even when forced"),
+        "{reason}"
+    );
+    assert!(reason.contains("ctr-1"), "{reason}");
+    assert_fenced_takeover(&b, &t, &h, &claim);
+    // A's daemon (a separate connection) was not fenced and still answers.
+    assert!(!t.admin.is_blocklisted(&addr_of(a.rados())).unwrap());
+    assert_eq!(
+        b.control(POOL)
+            .unwrap()
+            .ping(a.node(), Duration::from_secs(2))
+            .unwrap(),
+        PingResult::Alive
+    );
+    server.stop();
+}

@@ -431,3 +431,51 @@ fn an_attach_without_a_node_daemon_warns_that_other_nodes_will_fence_it() {
     a.driver.detach(&name, "ctr-1").unwrap();
     a.driver.remove(&name, false).unwrap();
 }
+
+/// A reconcile pass scans this node's mappings once, however many volumes are attached:
+/// recovery's health check of each attachment, the cluster check and re-registration all
+/// use the one listing (`mapper::list_all_calls` counts the scans). Three attached
+/// volumes, one of them with its registry record lost (re-registered from the same
+/// listing, with its mapping's address); a dry run scans once too.
+#[test]
+fn a_reconcile_pass_lists_the_nodes_mappings_once() {
+    let Some(env) = env(true) else { return };
+    let a = start(&env, "a");
+    let daemon = a.daemon.as_ref().unwrap();
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let name = env.name(&format!("once{i}"));
+        a.driver.create(&name, &spec(&[("size", "32M")])).unwrap();
+        a.driver.attach(&name, "ctr-1", None).unwrap();
+        names.push(name);
+    }
+    let image = image_of(&a.driver, &names[1]);
+    let reg = a.driver.cluster().registry(POOL).unwrap();
+    assert!(reg.unregister(&image, a.driver.node()).unwrap());
+
+    let (calls, passes) = (mapper::list_all_calls(), daemon.reconcile_count());
+    let rep = daemon.reconcile_now(false).unwrap();
+    assert_eq!(daemon.reconcile_count() - passes, 1);
+    assert_eq!(
+        mapper::list_all_calls() - calls,
+        1,
+        "one pass over 3 attached volumes listed the mappings more than once"
+    );
+    let recovery = rep.recovery.as_ref().expect("a real pass recovers");
+    assert_eq!(recovery.kept.len(), 3, "{recovery:?}");
+    assert!(recovery.actions.is_empty(), "{recovery:?}");
+    assert_eq!(rep.check.checks.len(), 3, "{rep:?}");
+    assert_eq!(rep.reregistered.len(), 1, "{rep:?}");
+    assert_eq!(
+        reg.get(&image).unwrap().expect("re-registered").holders[0].client_addr,
+        mappings(&a.cfg, POOL, &image.image_id)[0].client_addr
+    );
+
+    let calls = mapper::list_all_calls();
+    daemon.reconcile_now(true).unwrap();
+    assert_eq!(mapper::list_all_calls() - calls, 1);
+    for n in &names {
+        a.driver.detach(n, "ctr-1").unwrap();
+        a.driver.remove(n, false).unwrap();
+    }
+}

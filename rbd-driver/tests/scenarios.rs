@@ -13,7 +13,10 @@
 //! (daemons, mappers, mounts, loop devices, namespaces) is torn down even when a test fails.
 //!
 //! Timings are printed as `TIMING scenario=... step=... ms=...` lines (recorded in
-//! BENCHMARKS.md), never asserted.
+//! BENCHMARKS.md), never asserted, with one exception that is a requirement rather than a
+//! benchmark: in scenario 2, B must hold and mount the volume within 5 s of asking
+//! (issue 5), measured by the driver itself (the attach's `total_ms`, from B's request
+//! through noticing A is silent, fencing it, mapping and mounting).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -484,6 +487,9 @@ fn seed_004_remove_on_b_while_a_is_dead_then_recreate() {
     let ma = local_mapping(&a, v);
     let a_addr = addr(&ma["client_addr"]);
     let a_dev = PathBuf::from(ma["device"].as_str().unwrap());
+    // The binding's identity (its path in sysfs changes once A's FUSE mount is lazily
+    // unmounted).
+    let a_bind = loopdev::binding_id(loopdev::parse_device(&a_dev).unwrap()).expect("bound");
     let ha = e.holder(&"n1".parse().unwrap()).unwrap();
     assert_eq!(
         ha.client_addr,
@@ -562,8 +568,9 @@ fn seed_004_remove_on_b_while_a_is_dead_then_recreate() {
     // Its loop device is released (A has mapped nothing new yet: no binding to A's
     // mapper files may remain).
     assert!(
-        wait_until(Duration::from_secs(10), || loopdev::backing_file(n)
-            .is_none_or(|b| !b.starts_with(&a.run))),
+        wait_until(Duration::from_secs(10), || !loopdev::is_bound_to(
+            n, &a_bind
+        )),
         "{} is still bound to the old mapping: {:?}",
         a_dev.display(),
         loopdev::backing_file(n)
@@ -693,6 +700,16 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
     let a_addr = addr(&ma["client_addr"]);
     assert_eq!(w.entry(&id).unwrap().holders[0].client_addr, Some(a_addr));
     let bl_before = w.blocklist();
+    // Written but not fsynced before the cut: nobody has claimed it durable.
+    let pre_data = data(1 << 20, 8);
+    let sum_pre = {
+        let p = w.bed.dir().join("s2-unsynced.ref");
+        std::fs::write(&p, &pre_data).unwrap();
+        sha256(&p)
+    };
+    let pre = mp_a.join("unsynced");
+    let mut pre_file = std::fs::File::create(&pre).unwrap();
+    pre_file.write_all(&pre_data).unwrap();
 
     // A is partitioned; then it writes more (page cache only: it cannot reach the OSDs).
     w.bed.cut(1);
@@ -729,6 +746,13 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
         "s2",
         "b-attach-total-in-driver",
         Duration::from_secs_f64(r["timings"]["total_ms"].as_f64().unwrap() / 1000.0),
+    );
+    // The requirement: B holds and mounts it within 5 s of asking, fencing included.
+    let total_ms = r["timings"]["total_ms"].as_f64().unwrap();
+    assert!(
+        total_ms < 5000.0,
+        "B's takeover took {total_ms} ms (claim {} ms), over the 5 s requirement",
+        r["timings"]["claim_ms"]
     );
     let fenced = r["claim"]["fenced"].as_array().unwrap();
     assert_eq!(fenced.len(), 1, "{r}");
@@ -783,6 +807,19 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
             None => panic!("fsync on A hung for 90 s after the heal"),
         }
     }
+    // The write A never fsynced before the cut: fsyncing it now, on the fenced node,
+    // must not claim it durable unless it really reached the image (checked below).
+    let pre_claimed = match bounded(Duration::from_secs(90), move || pre_file.sync_all()) {
+        Some(Err(e)) => {
+            eprintln!("A's fsync of the write it had not synced before the cut failed: {e}");
+            false
+        }
+        Some(Ok(())) => {
+            eprintln!("A's fsync of the pre-cut write succeeded: it must be on the image");
+            true
+        }
+        None => panic!("fsync on A hung for 90 s after the heal"),
+    };
     let clean = wait_until(Duration::from_secs(90), || {
         !mounted(&mp_a) && !a.state().volumes.contains_key(v)
     });
@@ -813,6 +850,20 @@ fn crashed_node_is_fenced_and_its_late_writes_never_land() {
         !files.contains_key("late"),
         "A's late write landed: {files:?}"
     );
+    // Data A reported durable is there; data it never reported durable is not counted
+    // on (it may be missing, or a prefix of what was written).
+    if pre_claimed {
+        assert_eq!(
+            files.get("unsynced"),
+            Some(&sum_pre),
+            "A's fsync succeeded but the data is not on the image: {files:?}"
+        );
+    } else {
+        eprintln!(
+            "the pre-cut unsynced write on the image: {:?} (written {sum_pre})",
+            files.get("unsynced")
+        );
+    }
 }
 
 /// Scenario 3: A and B attach `v` read-write at the same moment, several rounds:

@@ -695,6 +695,8 @@ fn blocklisted_mapper_fails_io_with_eio_and_exits() {
             .iter()
             .any(|w| w.same_instance(&addr))
     );
+    let n = loopdev::parse_device(&m.device).unwrap();
+    let id = loopdev::binding_id(n).expect("bound");
     // Fence exactly this mapper, from our own (second) connection.
     fx.blocklist(&addr);
     // Keep the device open, so that the I/O below reaches the dead mapping.
@@ -726,14 +728,14 @@ fn blocklisted_mapper_fails_io_with_eio_and_exits() {
     assert!(log.contains("stopping: blocklisted"), "{log}");
     assert!(!paths.record().exists());
     assert!(!is_mounted(&paths.mountpoint()));
-    // Our open descriptor keeps the loop device; it goes once we close it.
+    // Our open descriptor keeps the loop device bound (to the file of the lazily
+    // unmounted FUSE mount, which sysfs no longer names by its path); it goes once we
+    // close it.
+    eprintln!("backing file now: {:?}", loopdev::backing_file(n));
+    assert!(loopdev::is_bound_to(n, &id));
+    assert!(!loopdev::wait_detached(n, &id, Duration::from_millis(300)));
     drop(held);
-    let n = loopdev::parse_device(&m.device).unwrap();
-    assert!(loopdev::wait_detached(
-        n,
-        &paths.fuse_file(),
-        Duration::from_secs(10)
-    ));
+    assert!(loopdev::wait_detached(n, &id, Duration::from_secs(10)));
     assert!(fx.mapper.list().unwrap().is_empty());
 }
 
@@ -815,22 +817,45 @@ fn killed_mapper_gives_eio_and_force_unmap_cleans_up() {
             fuse_mounted: true
         }
     );
+    // Its FUSE mount lazily unmounted (as the mapper's own teardown does, or an
+    // operator): sysfs now names the backing file by its path inside the detached mount,
+    // and the binding is still recognised, by the file's recorded identity.
+    let paths = fx.paths(&token);
+    let id = e
+        .record
+        .backing
+        .expect("the record names the file's identity");
+    nix::mount::umount2(&paths.mountpoint(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    eprintln!("backing file now: {:?}", loopdev::backing_file(n));
+    assert_ne!(
+        loopdev::backing_file(n).as_deref(),
+        Some(paths.fuse_file().as_path())
+    );
+    let e = fx
+        .mapper
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.record.token == token)
+        .unwrap();
+    assert_eq!(
+        e.state,
+        EntryState::Dead {
+            loop_bound: true,
+            fuse_mounted: false
+        }
+    );
     // Not without force while someone holds the device; with force, yes.
     assert!(matches!(
         fx.mapper.unmap(dead, false),
         Err(DriverError::InUse { .. })
     ));
     fx.mapper.unmap(dead, true).unwrap();
-    let paths = fx.paths(&token);
     assert!(!paths.record().exists());
     assert!(!is_mounted(&paths.mountpoint()));
     let _ = holder.kill();
     let _ = holder.wait();
-    assert!(loopdev::wait_detached(
-        n,
-        &paths.fuse_file(),
-        Duration::from_secs(10)
-    ));
+    assert!(loopdev::wait_detached(n, &id, Duration::from_secs(10)));
     assert!(fx.mapper.list().unwrap().is_empty());
     // Fence the dead client so its watch goes and the image can be removed.
     fx.blocklist(&m.client_addr.unwrap());
@@ -1133,7 +1158,11 @@ fn a_dead_mappers_record_never_claims_its_reused_loop_device() {
         attempts += 1;
         let m1 = fx.map(&img);
         let pid1 = m1.pid.unwrap();
-        let fuse1 = entry_of(pid1).unwrap().record.fuse_file;
+        let bind1 = entry_of(pid1)
+            .unwrap()
+            .record
+            .backing
+            .expect("the record names its loop binding");
         direct_write(&m1.device, 0, &pattern(61, 65536)).unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid1 as i32),
@@ -1145,7 +1174,7 @@ fn a_dead_mappers_record_never_claims_its_reused_loop_device() {
         fx.blocklist(&m1.client_addr.unwrap());
         // Nobody holds the device: autoclear frees it.
         let n = loopdev::parse_device(&m1.device).unwrap();
-        assert!(loopdev::wait_detached(n, &fuse1, Duration::from_secs(10)));
+        assert!(loopdev::wait_detached(n, &bind1, Duration::from_secs(10)));
         let held = hold_loops_below(n, &filler);
         let m2 = fx.map(&img);
         drop(held);
@@ -1327,6 +1356,8 @@ fn an_unreachable_cluster_makes_the_mapper_give_up_and_exit() {
         })
         .unwrap();
     let pid = m.pid.unwrap();
+    let n = loopdev::parse_device(&m.device).unwrap();
+    let bind = loopdev::binding_id(n).expect("bound");
     let token = mapper
         .entries()
         .unwrap()
@@ -1389,12 +1420,7 @@ fn an_unreachable_cluster_makes_the_mapper_give_up_and_exit() {
     assert!(log.contains("stopping: unreachable"), "{log}");
     assert!(!paths.record().exists());
     assert!(!is_mounted(&paths.mountpoint()));
-    let n = loopdev::parse_device(&m.device).unwrap();
-    assert!(loopdev::wait_detached(
-        n,
-        &paths.fuse_file(),
-        Duration::from_secs(10)
-    ));
+    assert!(loopdev::wait_detached(n, &bind, Duration::from_secs(10)));
     assert!(mapper.list().unwrap().is_empty());
     drop(own);
     drop(io);

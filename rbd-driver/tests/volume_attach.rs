@@ -204,6 +204,81 @@ fn remove_and_a_second_read_write_attach_are_refused_while_attached() {
     env.assert_nothing(POOL, "", &name);
 }
 
+/// Take-over, the user-facing forced release: without it, another node's attach or
+/// remove of a volume in use on node a is refused, naming node a, its mount ID and how
+/// to force it; with it, node a's daemon is made to release the volume (unmounted from
+/// under its container, unmapped, no fencing needed since it answers) and the taker
+/// proceeds: an attach on b sees a's fsynced data, and a remove from a takes it back
+/// from b and removes the image.
+#[test]
+fn take_over_forces_the_holding_node_to_release_and_refusals_name_it() {
+    use rbd_driver::volume::{AttachOptions, RemoveOptions};
+    let Some(env) = env(true) else { return };
+    let cfg = node_config(&env, "a");
+    let a = std::sync::Arc::new(env.driver_with(cfg.clone()));
+    let cfg_b = node_config(&env, "b");
+    let b = std::sync::Arc::new(env.driver_with(cfg_b.clone()));
+    let _daemon_a = NodeDaemon::start(a.clone(), DaemonOptions::default()).unwrap();
+    let _daemon_b = NodeDaemon::start(b.clone(), DaemonOptions::default()).unwrap();
+    let name = env.name("take");
+    let id = a.create(&name, &spec(&[("size", "32M")])).unwrap().image_id;
+    let mp = a.attach(&name, "ctr-1", None).unwrap();
+    let sum = write_file(&mp.join("f"), 1 << 20, 21);
+
+    // Refused without take-over, naming the holder and how to force it.
+    for e in [
+        b.attach(&name, "ctr-b", Some(AccessMode::ReadWrite))
+            .unwrap_err(),
+        b.remove(&name, false).unwrap_err(),
+    ] {
+        assert!(matches!(e, DriverError::InUse { .. }), "{e}");
+        let msg = e.to_string();
+        for want in ["node test-a refused", "ctr-1", "--take-over"] {
+            assert!(msg.contains(want), "{msg} lacks {want}");
+        }
+    }
+    assert!(mount_at(&mp).is_some());
+    assert_detached(&env, &cfg_b, &name, &id, &[]);
+
+    // Attach with take-over: a releases it by force; b has the data.
+    let r = b
+        .attach_with(
+            &name,
+            "ctr-b",
+            &AttachOptions {
+                mode: Some(AccessMode::ReadWrite),
+                take_over: true,
+            },
+        )
+        .unwrap();
+    let claim = r.claim.as_ref().expect("claimed");
+    assert_eq!(
+        claim
+            .released_by
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>(),
+        vec!["test-a"]
+    );
+    assert!(claim.fenced.is_empty(), "{:?}", claim.fenced);
+    assert_detached(&env, &cfg, &name, &id, &[]);
+    assert_eq!(sha256(&r.mountpoint.join("f")), sum);
+
+    // Remove from a with take-over while b uses it: b releases, the image goes.
+    let rep = a
+        .remove_with(
+            &name,
+            &RemoveOptions {
+                take_over: true,
+                ..RemoveOptions::default()
+            },
+        )
+        .unwrap();
+    assert!(rep.image_removed);
+    assert_detached(&env, &cfg_b, &name, &id, &[]);
+    env.assert_nothing(POOL, "", &name);
+}
+
 /// This process's effective capabilities (`CapEff`).
 fn cap_eff() -> u64 {
     let st = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -61,7 +61,9 @@ struct PluginFile {
 // `[defaults]` values take the forms the plugin takes (`node_config::Scalar`): `size = 10`
 // and `size = "10G"` both work.
 
-/// Where this node keeps its state, and how it maps images.
+/// Where this node keeps its state, and how it maps images. (The volume commands also
+/// read `RBD_REGISTRY_NAMESPACE`: the cluster registry's RADOS namespace, default
+/// `rbd_volumes`, which must match the node daemon's `--registry-namespace`.)
 #[derive(Debug, Clone, Args, Default)]
 pub struct NodeArgs {
     /// Volume state directory (state file and locks). Default /var/lib/rbd-volumes.
@@ -269,6 +271,14 @@ pub fn driver_config(cli: &Cli, node: &NodeArgs) -> CliResult<DriverConfig> {
     cfg.backend = n.backend;
     cfg.defaults = n.defaults;
     cfg.timeouts = rbd_core::Timeouts::uniform(Duration::from_secs(cli.timeout.max(1)));
+    // The registry's RADOS namespace, as `rbdctl daemon --registry-namespace` sets it for
+    // the daemon (volume commands must use the same one as the node's daemon).
+    if let Some(ns) = std::env::var("RBD_REGISTRY_NAMESPACE")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        cfg.cluster.namespace = ns;
+    }
     Ok(cfg)
 }
 

@@ -1,6 +1,6 @@
 //! The shell face of rbdctl: documented exit codes, completions, the command layout, and
-//! progress bars drawn only on a terminal (checked under a real pseudo-terminal with
-//! `script`) and never with `--no-progress`.
+//! progress bars drawn only when stdout and stderr are both a terminal (checked under a
+//! real pseudo-terminal with `script`) and never with `--no-progress`.
 
 mod common;
 
@@ -213,6 +213,19 @@ fn progress_only_on_a_terminal_and_never_with_no_progress() {
     assert!(
         shown.starts_with(&format!("exported rbd/{img}")),
         "{shown:?}"
+    );
+
+    // Stderr on the terminal but stdout redirected (`rbdctl ... > file`, `| jq`): no bar
+    // either; the result goes to the file.
+    let result = c.file("progress-result");
+    let shown = on_a_terminal(
+        &e.conf,
+        &format!("resize {img} --size 3G > {}", result.display()),
+    );
+    assert!(!shown.contains("Resizing image"), "{shown:?}");
+    assert_eq!(
+        std::fs::read_to_string(&result).unwrap(),
+        format!("resized rbd/{img} from 2 GiB to 3 GiB\n")
     );
 }
 

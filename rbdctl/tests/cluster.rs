@@ -260,6 +260,148 @@ fn registry_watchers_and_fencing_by_hand() {
     );
 }
 
+/// `fence add` / `fence rm` with `--format json`; a whole-host address is refused
+/// without `--whole-host` (nothing blocklisted); `fence image --node N` fences only N's
+/// registered mapping and spares a watcher registered to nobody (and another node's).
+#[test]
+fn fence_add_rm_json_whole_host_refused_and_node_scoped_fence() {
+    let Some(e) = env() else { return };
+    let c = Cleanup::new(&e);
+    let ns = testkit::unique("rbdctl-nits");
+    let admin = connect(&e);
+    let _rc = RegistryCleanup {
+        rados: admin.clone(),
+        ns: ns.clone(),
+    };
+    let nsarg = ["--registry-namespace", ns.as_str()];
+
+    // Whole-host addresses: refused without the confirmation flag, nothing blocklisted.
+    let before = admin.blocklist_ls().unwrap().len();
+    for whole in ["127.0.0.1:0/0", "127.0.0.1"] {
+        let r = e.rbdctl(&["fence", "add", whole]).code(2);
+        assert!(
+            r.err.contains("names every client on a host") && r.err.contains("--whole-host"),
+            "{}",
+            r.err
+        );
+    }
+    assert!(
+        !admin
+            .blocklist_ls()
+            .unwrap()
+            .iter()
+            .any(|b| b.addr.is_whole_host()),
+        "a whole host was fenced"
+    );
+    assert!(admin.blocklist_ls().unwrap().len() <= before + 1);
+
+    // add / rm as JSON.
+    let other = connect(&e);
+    let oaddr = *other.getaddrs().unwrap().primary().unwrap();
+    c.blocklisted(&oaddr.to_string());
+    let oaddr_s = oaddr.to_string();
+    let v = e
+        .rbdctl(&[
+            "fence", "add", &oaddr_s, "--expire", "60", "--format", "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(v["fenced"], oaddr_s.as_str(), "{v}");
+    assert_eq!(v["expire_secs"], 60);
+    assert_eq!(v["whole_host"], false);
+    assert_eq!(v["recorded"], Value::Null);
+    assert!(admin.is_blocklisted(&oaddr).unwrap());
+    let mut a = vec!["fence", "rm", &oaddr_s, "--format", "json"];
+    a.extend(nsarg);
+    let v = e.rbdctl(&a).ok().json();
+    assert_eq!(v["unfenced"], oaddr_s.as_str(), "{v}");
+    assert_eq!(v["fence_log_records_removed"], 0);
+    assert!(!admin.is_blocklisted(&oaddr).unwrap());
+    drop(other);
+
+    // fence image --node: node cli-a's registered mapping holds the lock; node cli-b's
+    // mapping and a watcher registered to nobody have the image open too.
+    let img = c.image("nodefence");
+    e.rbd(&[
+        "create",
+        "--size",
+        "16M",
+        "--image-feature",
+        "layering,exclusive-lock",
+        &img,
+    ]);
+    let open = |lock: bool| {
+        let r = connect(&e);
+        let io = r.ioctx("rbd").unwrap();
+        let id = rbd_core::rbd::image_id_by_name(&io, &img).unwrap();
+        let i = Image::open_by_id(&io, &id, &OpenOptions::new()).unwrap();
+        if lock {
+            i.lock_acquire(LockMode::Exclusive).unwrap();
+        }
+        let addr = *r.getaddrs().unwrap().primary().unwrap();
+        c.blocklisted(&addr.to_string());
+        (i, r, addr, id)
+    };
+    let (ia, ra, addr_a, id) = open(true);
+    let (ib, rb, addr_b, _) = open(false);
+    let (iu, ru, addr_u, _) = open(false);
+    let image = ImageRef::new("rbd", "", &img, &id);
+    let reg = Registry::open(&admin, "rbd", &ns).unwrap();
+    let mut ha = HolderRecord::new(NodeId::new("cli-a").unwrap(), Mode::Ro);
+    ha.client_addr = Some(addr_a);
+    reg.register(&image, ha).unwrap();
+    let mut hb = HolderRecord::new(NodeId::new("cli-b").unwrap(), Mode::Ro);
+    hb.client_addr = Some(addr_b);
+    reg.register(&image, hb).unwrap();
+    let mut a = vec![
+        "fence", "image", &img, "--node", "cli-a", "--format", "json",
+    ];
+    a.extend(nsarg);
+    let f = e.rbdctl(&a).ok().json();
+    let fenced: Vec<EntityAddr> = f["outcome"]["record"]["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(fenced.len(), 1, "{f}");
+    assert!(fenced[0].same_instance(&addr_a), "{f}");
+    let spared = f["outcome"]["spared"].as_array().unwrap();
+    for x in [addr_b, addr_u] {
+        assert!(
+            spared.iter().any(|s| s[0]
+                .as_str()
+                .unwrap()
+                .parse::<EntityAddr>()
+                .unwrap()
+                .same_instance(&x)
+                && s[1] == "not registered to node cli-a"),
+            "{x} not spared: {f}"
+        );
+    }
+    assert!(admin.is_blocklisted(&addr_a).unwrap());
+    assert!(!admin.is_blocklisted(&addr_b).unwrap());
+    assert!(!admin.is_blocklisted(&addr_u).unwrap());
+    assert_eq!(f["removed_holders"], serde_json::json!(["cli-a"]));
+    let left = reg.get(&image).unwrap().expect("cli-b still registered");
+    assert_eq!(left.holders.len(), 1);
+    assert_eq!(left.holders[0].node.as_str(), "cli-b");
+    // The spared clients still work.
+    let mut buf = [0u8; 512];
+    ib.read_at(0, &mut buf).unwrap();
+    iu.read_at(0, &mut buf).unwrap();
+    drop((ib, rb, iu, ru));
+    let _ = rbd_core::rados::with_deadline(
+        "closing the fenced client",
+        rbd_core::Context::none(),
+        Duration::from_secs(10),
+        move || {
+            drop((ia, ra));
+            Ok(())
+        },
+    );
+}
+
 /// `target/<profile>/rbd-umap`, when the workspace's binaries are built.
 fn umap_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -469,6 +611,66 @@ fn daemon_answers_release_requests_and_reconcile_cleans_a_fenced_volume() {
     let t = run(with(&["reconcile"])).ok().stdout();
     assert!(t.contains("node cli-n1: 0 local mappings"), "{t}");
 
+    // Take-over from another node: attached again on cli-n1, `volume rm` on cli-n2 is
+    // refused (exit 5) naming cli-n1, the mount ID and --take-over; with --take-over,
+    // cli-n1's daemon releases it (unmounts it) and the volume is removed.
+    let mp = driver.attach(&vol, "m2", None).unwrap();
+    let n2 = root.join("n2");
+    let n2args: Vec<String> = vec![
+        "--node-id".into(),
+        "cli-n2".into(),
+        "--state-dir".into(),
+        n2.join("state").display().to_string(),
+        "--mount-root".into(),
+        n2.join("mounts").display().to_string(),
+        "--run-dir".into(),
+        n2.join("run").display().to_string(),
+        "--umap-bin".into(),
+        umap.display().to_string(),
+        "--backend".into(),
+        "userspace".into(),
+    ];
+    let on_n2 = |base: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend(n2args.iter().cloned());
+        v
+    };
+    // (volume commands take the registry namespace from the environment)
+    let run_n2 = |args: Vec<String>| {
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(env!("CARGO_BIN_EXE_rbdctl"))
+            .arg("-c")
+            .arg(&e.conf)
+            .args(&args)
+            .env("RBD_REGISTRY_NAMESPACE", &ns)
+            .env_remove("RBD_PLUGIN_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        common::Run::from_output(o)
+    };
+    let r = run_n2(on_n2(&["volume", "rm", &vol])).code(5);
+    for want in ["node cli-n1 refused", "m2", "--take-over"] {
+        assert!(r.err.contains(want), "{} lacks {want}", r.err);
+    }
+    assert!(mount_at_path(&mp), "a refused remove unmounted it");
+    let r = run_n2(on_n2(&[
+        "volume",
+        "rm",
+        &vol,
+        "--take-over",
+        "--format",
+        "json",
+    ]))
+    .ok()
+    .json();
+    assert_eq!(r["removed"], vol.as_str(), "{r}");
+    assert_eq!(r["released_by"], serde_json::json!(["cli-n1"]), "{r}");
+    assert_eq!(r["fenced"], serde_json::json!([]), "{r}");
+    assert!(!mount_at_path(&mp), "cli-n1 still has it mounted");
+    assert!(!store.load().unwrap().volumes.contains_key(&vol));
+
     // SIGTERM stops it cleanly.
     // SAFETY: kill(2) on the pid of the child we spawned and still own (not yet reaped).
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -485,5 +687,12 @@ fn daemon_answers_release_requests_and_reconcile_cleans_a_fenced_volume() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
-    driver.remove(&vol, false).unwrap();
+}
+
+/// Whether `mp` is a mountpoint now (`/proc/self/mountinfo`).
+fn mount_at_path(mp: &std::path::Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mp.display().to_string();
+    mi.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }

@@ -7,7 +7,8 @@
 //!    never one of our own addresses or a protected one, and never a whole host unless
 //!    [`FenceOptions::allow_whole_host`];
 //! 2. break the exclusive lock and every advisory lock those clients hold;
-//! 3. wait (bounded) until no watcher and no lock owner but ours remains;
+//! 3. wait (bounded) until no watcher, no lock owner and no advisory locker but ours
+//!    remains;
 //! 4. record the fence, with its expiry, in the fence log.
 
 use std::time::{Duration, Instant};
@@ -33,6 +34,10 @@ pub struct FenceOptions {
     /// Addresses never to fence, in addition to this connection's own (e.g. this node's
     /// own mappings of the image).
     pub protect: Vec<EntityAddr>,
+    /// Fence only these addresses (one node's registered mappings, for an operator who
+    /// fences that node's hold only): every other client of the image is spared, keeps
+    /// its locks, and may stay. `None`: every client but ours and protected ones.
+    pub only: Option<(String, Vec<EntityAddr>)>,
 }
 
 impl Default for FenceOptions {
@@ -42,6 +47,7 @@ impl Default for FenceOptions {
             verify_timeout: Duration::from_secs(5),
             allow_whole_host: false,
             protect: Vec::new(),
+            only: None,
         }
     }
 }
@@ -73,11 +79,19 @@ pub struct FenceOutcome {
     pub elapsed_ms: u64,
 }
 
-/// The exclusive-lock owners; none when the image has no exclusive-lock feature.
+/// The exclusive-lock owners; none when the image has no exclusive-lock feature, and
+/// none when the lock is held by an external mechanism (librbd answers `EBUSY` when an
+/// advisory `rbd lock add` lock, not a lock librbd manages, holds the header: those are
+/// listed, broken and verified as advisory lockers).
 fn lock_owners(img: &Image) -> rbd_core::Result<Vec<String>> {
     match img.lock_get_owners() {
         Ok(o) => Ok(o.owners),
-        Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotSupported) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidInput | ErrorKind::NotSupported | ErrorKind::Busy
+            ) =>
+        {
             Ok(Vec::new())
         }
         Err(e) => Err(e),
@@ -95,9 +109,10 @@ fn is_in(addr: &EntityAddr, set: &[EntityAddr]) -> bool {
 /// here first, with [`FenceOptions::expiry`], so librbd must not blocklist it again with
 /// its own default expiry when the lock is broken.
 ///
-/// Fails with [`DriverError::FenceFailed`] when a watcher or lock owner is still there
-/// after [`FenceOptions::verify_timeout`]; the blocklist entries made so far stay (and
-/// are recorded).
+/// Fails with [`DriverError::FenceFailed`], naming what failed, when a client cannot be
+/// blocklisted (then no lock is broken), or when a watcher, lock owner or advisory locker
+/// is still there after [`FenceOptions::verify_timeout`]; the blocklist entries made so
+/// far stay (and are recorded).
 pub fn fence_image(
     rados: &Rados,
     registry: &Registry,
@@ -135,18 +150,38 @@ pub fn fence_image(
         Err(e) => return Err(ceph("opening the image", e)),
     };
 
-    // 1. Candidates: watchers, lock owners, advisory lockers, recorded addresses.
-    let mut candidates: Vec<EntityAddr> = Vec::new();
+    // 1. Candidates (with what each is, for errors): watchers, lock owners, advisory
+    // lockers, recorded addresses.
+    let mut candidates: Vec<(EntityAddr, String)> = Vec::new();
     let mut watchers_before = Vec::new();
     if let Some(img) = &img {
         watchers_before = img.watchers().map_err(|e| ceph("listing watchers", e))?;
-        candidates.extend(watchers_before.iter().map(|w| w.addr));
+        candidates.extend(
+            watchers_before
+                .iter()
+                .map(|w| (w.addr, "watcher".to_owned())),
+        );
         let owners = lock_owners(img).map_err(|e| ceph("listing lock owners", e))?;
-        candidates.extend(owners.iter().filter_map(|o| o.parse::<EntityAddr>().ok()));
+        candidates.extend(
+            owners
+                .iter()
+                .filter_map(|o| o.parse::<EntityAddr>().ok())
+                .map(|a| (a, "exclusive-lock owner".to_owned())),
+        );
         let lockers = img.list_lockers().map_err(|e| ceph("listing lockers", e))?;
-        candidates.extend(lockers.lockers.iter().map(|l| l.addr));
+        candidates.extend(lockers.lockers.iter().map(|l| {
+            (
+                l.addr,
+                format!("owner of advisory lock {} held by {}", l.cookie, l.client),
+            )
+        }));
     }
-    candidates.extend(target.addrs.iter().copied());
+    candidates.extend(
+        target
+            .addrs
+            .iter()
+            .map(|a| (*a, "recorded address of the fenced holder".to_owned())),
+    );
 
     let mut record = FenceRecord::new(
         image.clone(),
@@ -156,7 +191,19 @@ pub fn fence_image(
         opts.expiry,
     );
     let mut spared = Vec::new();
-    for a in candidates {
+    // One entry per client, naming everything it is.
+    let mut merged: Vec<(EntityAddr, String)> = Vec::new();
+    for (a, what) in candidates {
+        match merged.iter_mut().find(|(m, _)| m.same_instance(&a)) {
+            Some((_, w)) if !w.split(", ").any(|x| x == what) => {
+                w.push_str(", ");
+                w.push_str(&what);
+            }
+            Some(_) => {}
+            None => merged.push((a, what)),
+        }
+    }
+    for (a, what) in merged {
         if is_in(&a, &record.addrs)
             || spared
                 .iter()
@@ -166,19 +213,45 @@ pub fn fence_image(
         }
         if is_in(&a, &own) {
             spared.push((a, "our own address".to_owned()));
+        } else if let Some((whose, only)) = &opts.only
+            && !is_in(&a, only)
+        {
+            // Not a target: spared, its locks kept, allowed to stay.
+            spared.push((a, format!("not registered to {whose}")));
+            protect.push(a);
         } else if is_in(&a, &protect) {
             spared.push((a, "protected".to_owned()));
         } else if a.is_whole_host() && !opts.allow_whole_host {
             spared.push((a, "whole-host address (not allowed)".to_owned()));
         } else {
             if let Err(e) = rados.blocklist_add(&a, Some(opts.expiry)) {
-                // Record what was fenced so far before giving up.
+                // No lock is broken for a client that is not cut off. Record what was
+                // fenced so far before giving up.
+                let so_far = if record.addrs.is_empty() {
+                    "nothing was blocklisted".to_owned()
+                } else {
+                    format!(
+                        "blocklisted so far: {}",
+                        record
+                            .addrs
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
                 if !record.addrs.is_empty() {
                     record.reason =
                         format!("{} (incomplete: blocklisting {a} failed)", record.reason);
                     let _ = registry.record_fence(&record);
                 }
-                return Err(ceph(&format!("blocklisting {a}"), e));
+                return Err(DriverError::FenceFailed {
+                    image: image.spec(),
+                    reason: format!(
+                        "could not blocklist {a} ({what}); {so_far}; no lock was broken"
+                    ),
+                    source: Some(e),
+                });
             }
             tracing::warn!(by = %by, "fenced {a} for {image}: {}", target.reason);
             record.addrs.push(a);
@@ -248,13 +321,30 @@ pub fn fence_image(
                 .filter(|o| !o.parse::<EntityAddr>().is_ok_and(|a| is_in(&a, &protect)))
                 .map(|o| format!("lock owner {o}"))
                 .collect();
-            if foreign.is_empty() && foreign_owners.is_empty() {
+            // librbd caches the lockers until the header changes (breaking a lock does
+            // not notify), so read them through a new read-only handle (no watch).
+            let lockers =
+                Image::open_by_id(&io, &image.image_id, &OpenOptions::new().read_only(true))
+                    .and_then(|fresh| {
+                        let l = fresh.list_lockers();
+                        let _ = fresh.close();
+                        l
+                    })
+                    .map_err(|e| ceph("listing lockers", e))?;
+            let foreign_lockers: Vec<String> = lockers
+                .lockers
+                .iter()
+                .filter(|l| !is_in(&l.addr, &protect))
+                .map(|l| format!("advisory lock {} of {} ({})", l.cookie, l.client, l.addr))
+                .collect();
+            if foreign.is_empty() && foreign_owners.is_empty() && foreign_lockers.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
                 left = foreign
                     .into_iter()
                     .chain(foreign_owners)
+                    .chain(foreign_lockers)
                     .collect::<Vec<_>>()
                     .join(", ");
                 break;
@@ -284,6 +374,7 @@ pub fn fence_image(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            source: None,
         });
     }
     Ok(FenceOutcome {

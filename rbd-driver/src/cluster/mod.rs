@@ -180,7 +180,9 @@ impl ClusterConfig {
 /// How to claim an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimOptions {
-    /// Ask holders to release even when in use.
+    /// Take the image even from live holders that use it: they are asked to release it
+    /// by force (unmounting it from under their containers), and a holder that still
+    /// refuses, fails, or answers pings but does not release is fenced like a silent one.
     pub force: bool,
     /// Fence holders that do not answer (on by default). Off: a silent holder is an error.
     pub fence: bool,
@@ -273,8 +275,9 @@ impl Cluster {
     /// Registers this node as a holder of `image` in `mode`, cluster-wide.
     ///
     /// When other nodes are in the way, each is pinged: a live one is asked to release the
-    /// image (a refusal is [`DriverError::InUse`] naming the node and its mount IDs, unless
-    /// `force`); a silent one (no answer within the ping timeout, or no watch at all) is
+    /// image (a refusal is [`DriverError::InUse`] naming the node and its mount IDs; with
+    /// [`ClaimOptions::force`] the request is forced, and a live holder that still does not
+    /// release is fenced); a silent one (no answer within the ping timeout, or no watch at all) is
     /// fenced ([`fence_image`]) and its record removed. Then the registration is retried.
     /// Losing a registration race to a live node that keeps the image is
     /// [`DriverError::Held`] naming the winner.
@@ -323,6 +326,27 @@ impl Cluster {
                     ReleaseAnswer::Released | ReleaseAnswer::NotHeld => {
                         released_by.push(h.node.clone());
                     }
+                    ReleaseAnswer::Refused { mount_ids, reason } if opts.force => {
+                        silent.push((
+                            h.clone(),
+                            format!(
+                                "forced takeover: node {} refused to release it even when \
+                                 forced: {reason}{}",
+                                h.node,
+                                if mount_ids.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" (mount IDs: {})", mount_ids.join(", "))
+                                }
+                            ),
+                        ));
+                    }
+                    ReleaseAnswer::Failed(e) if opts.force => {
+                        silent.push((
+                            h.clone(),
+                            format!("forced takeover: node {} failed to release it: {e}", h.node),
+                        ));
+                    }
                     ReleaseAnswer::Refused { mount_ids, reason } => {
                         return Err(DriverError::InUse {
                             volume: image.spec(),
@@ -346,6 +370,15 @@ impl Cluster {
                     ReleaseAnswer::NoAnswer { timed_out } => {
                         // Alive a moment ago: fence only if it is silent now too.
                         match ctl.ping(&h.node, self.cfg.ping_timeout)? {
+                            PingResult::Alive if opts.force => silent.push((
+                                h.clone(),
+                                format!(
+                                    "forced takeover: node {} answers pings but did not \
+                                     release it within {} s",
+                                    h.node,
+                                    self.cfg.release_timeout.as_secs()
+                                ),
+                            )),
                             PingResult::Alive => {
                                 return Err(DriverError::Timeout {
                                     what: format!(
@@ -401,6 +434,16 @@ impl Cluster {
         let reg = self.registry(&target.image.pool)?;
         let mut fopts = self.cfg.fence.clone();
         fopts.protect.extend(protect.iter().copied());
+        fence_image(&self.rados, &reg, &self.cfg.node_id, target, &fopts)
+    }
+
+    /// Fences only `target.addrs`, the registered addresses of `node` (operator request
+    /// for one node's hold): every other client of the image is spared, with why
+    /// ([`FenceOptions::only`]).
+    pub fn fence_node_hold(&self, target: &FenceTarget, node: &NodeId) -> Result<FenceOutcome> {
+        let reg = self.registry(&target.image.pool)?;
+        let mut fopts = self.cfg.fence.clone();
+        fopts.only = Some((format!("node {node}"), target.addrs.clone()));
         fence_image(&self.rados, &reg, &self.cfg.node_id, target, &fopts)
     }
 

@@ -17,7 +17,13 @@
 //!   the kernel marks it autoclear and detaches it on the last close (since Linux 5.x the
 //!   ioctl never fails with `EBUSY` for this).
 //! - **Query**: `/sys/block/loopN/loop/{backing_file,dio,autoclear}` and
-//!   `/sys/block/loopN/ro`.
+//!   `/sys/block/loopN/ro`. The `loop` directory exists only while the device is bound.
+//!   Its `backing_file` is the file's path as seen from the kernel's root, so after the
+//!   backing file's filesystem was lazily unmounted it reads e.g. `/image`: whether a
+//!   device is still bound to *our* file is judged by the binding's identity
+//!   ([`BindingId`]: the disk sequence number, which the kernel bumps on every bind and
+//!   every detach), never by the path. (`LOOP_GET_STATUS64` cannot tell either: it stats
+//!   the backing file, which fails once a FUSE backing file's daemon is gone.)
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -140,6 +146,17 @@ impl Default for AttachOptions {
 pub struct LoopDevice {
     number: u32,
     file: File,
+}
+
+/// The identity of one binding of a loop device to its backing file: the device's disk
+/// sequence number (`/sys/block/loopN/diskseq`, Linux 5.15+), which the kernel increments
+/// when the device is bound and again when it is detached. Unlike the backing file's
+/// path, it survives a lazy unmount of the file's filesystem, and unlike a stat of the
+/// file it works when that filesystem is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BindingId {
+    /// `diskseq` while bound.
+    pub diskseq: u64,
 }
 
 /// What sysfs says about one bound loop device.
@@ -365,6 +382,12 @@ impl LoopDevice {
     pub fn info(&self) -> Option<LoopInfo> {
         info(self.number)
     }
+
+    /// The identity of this device's current binding, `None` once detached (or on a
+    /// kernel without `diskseq`).
+    pub fn binding_id(&self) -> Option<BindingId> {
+        binding_id(self.number)
+    }
 }
 
 /// Binds `backing` to the open device `dev`.
@@ -507,18 +530,50 @@ pub fn detach(number: u32) -> Result<()> {
     }
 }
 
-/// Waits until `/dev/loopN` is no longer bound to `backing` (detached, or bound to
-/// something else), up to `timeout`. True when it is not.
-pub fn wait_detached(number: u32, backing: &Path, timeout: Duration) -> bool {
+/// Whether `/dev/loopN` is bound to any file (its sysfs `loop` directory exists only
+/// while it is, and names a backing file).
+pub fn is_bound(number: u32) -> bool {
+    backing_file(number).is_some()
+}
+
+fn diskseq(number: u32) -> Option<u64> {
+    read_sys(&sys_dir(number).join("diskseq")).and_then(|s| s.trim().parse().ok())
+}
+
+/// The identity of `/dev/loopN`'s current binding, `None` when it is not bound (or the
+/// kernel has no `diskseq`). Sysfs only: the device is not opened.
+pub fn binding_id(number: u32) -> Option<BindingId> {
+    let before = diskseq(number)?;
+    if !is_bound(number) {
+        return None;
+    }
+    // Unbound and rebound in between: the sequence moved.
+    (diskseq(number)? == before).then_some(BindingId { diskseq: before })
+}
+
+/// Whether `/dev/loopN` still has the binding `id` ([`LoopDevice::binding_id`] at
+/// attach): bound, and not detached or rebound since. Judged by the device's state, not
+/// the backing file's path, so a device whose backing filesystem was lazily unmounted
+/// (or whose FUSE daemon died) still counts.
+pub fn is_bound_to(number: u32, id: &BindingId) -> bool {
+    binding_id(number).as_ref() == Some(id)
+}
+
+/// Waits until `/dev/loopN` no longer has the binding `id` (detached, or rebound), up to
+/// `timeout`. True when it does not. Judged by the loop device's state ([`is_bound_to`]),
+/// so a backing file whose filesystem (e.g. the mapper's FUSE mount) was lazily
+/// unmounted meanwhile, and which sysfs now names by another path, is still seen as
+/// bound.
+pub fn wait_detached(number: u32, id: &BindingId, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if backing_file(number).as_deref() != Some(backing) {
+        if !is_bound_to(number, id) {
             return true;
         }
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -692,10 +747,11 @@ mod tests {
         let why = in_use(dev.number(), &[]).expect("open by us");
         assert!(why.contains(&format!("open by pid {me}")), "{why}");
         assert_eq!(in_use(dev.number(), &[me]), None);
+        let id = dev.binding_id().expect("bound");
         dev.detach().unwrap();
         let n = dev.number();
         drop(dev);
-        assert!(wait_detached(n, &file, Duration::from_secs(5)));
+        assert!(wait_detached(n, &id, Duration::from_secs(5)));
         assert_eq!(super::info(n), None);
         // Detaching an unbound device is fine.
         detach(n).unwrap();
@@ -721,6 +777,7 @@ mod tests {
         let _g = Guard(n);
         let info = dev.info().unwrap();
         assert!(info.read_only && info.autoclear, "{info:?}");
+        let id = dev.binding_id().expect("bound");
         // Writes fail: at open (older kernels) or at the write.
         if let Ok(mut w) = OpenOptions::new().write(true).open(dev.path()) {
             let err = w.write_all(&[1u8; 512]).and_then(|()| w.sync_all());
@@ -734,7 +791,7 @@ mod tests {
         assert_eq!(in_use(n, &[std::process::id()]), None);
         drop(other);
         // The last close detaches it.
-        assert!(wait_detached(n, &file, Duration::from_secs(5)));
+        assert!(wait_detached(n, &id, Duration::from_secs(5)));
     }
 
     #[test]
@@ -791,5 +848,72 @@ mod tests {
             why.contains(&format!("open by pid {}", child.id())),
             "{why}"
         );
+    }
+
+    /// Lazily unmounts the directory on drop (the test's tmpfs), whatever the test did.
+    struct MountGuard(PathBuf);
+    impl Drop for MountGuard {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// The bug this guards against: the userspace mapper lazily unmounts its FUSE mount
+    /// while a user still holds the loop device (detach deferred to the last close); sysfs
+    /// then names the backing file `/image`, not its old path, and a path comparison took
+    /// that for "detached". Here a tmpfs stands in for the FUSE mount: after the deferred
+    /// detach and the lazy unmount, the device is still bound (and `wait_detached` says
+    /// so) until the user closes it.
+    #[test]
+    fn wait_detached_judges_by_the_device_not_the_lazily_unmounted_path() {
+        if !testkit::require_root() {
+            return;
+        }
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .unwrap();
+        let mg = MountGuard(mnt.clone());
+        let file = sparse(&mnt, "image", 16 << 20);
+        let opts = AttachOptions {
+            direct_io: false,
+            ..AttachOptions::default()
+        };
+        let dev = LoopDevice::attach(&file, &opts).unwrap();
+        let n = dev.number();
+        let _g = Guard(n);
+        let id = dev.binding_id().expect("bound");
+        assert!(is_bound_to(n, &id));
+        assert_eq!(binding_id(n), Some(id));
+        // A user (a mounted filesystem, a container) keeps the device open.
+        let user = File::open(dev.path()).unwrap();
+        dev.detach().unwrap();
+        drop(dev);
+        assert!(!wait_detached(n, &id, Duration::from_millis(200)));
+        // The lazy unmount: the file lives on, and sysfs names it relative to the
+        // detached mount.
+        nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        std::mem::forget(mg);
+        let shown = backing_file(n).expect("still bound");
+        eprintln!("/dev/loop{n} backing file after the lazy unmount: {shown:?}");
+        assert_ne!(shown, file);
+        assert!(is_bound(n));
+        assert!(is_bound_to(n, &id));
+        assert!(
+            !wait_detached(n, &id, Duration::from_millis(300)),
+            "/dev/loop{n} is still bound (to {shown:?}) while its user holds it"
+        );
+        // The last close detaches it (autoclear, set by the deferred LOOP_CLR_FD).
+        drop(user);
+        assert!(wait_detached(n, &id, Duration::from_secs(5)));
+        assert!(!is_bound(n));
+        assert_eq!(binding_id(n), None);
     }
 }

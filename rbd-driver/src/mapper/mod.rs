@@ -309,8 +309,18 @@ pub fn select(preferred: Option<Backend>, cfg: &MapperConfig) -> Result<Box<dyn 
     })
 }
 
+/// How many times [`list_all`] ran in this process.
+static LIST_ALL_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times [`list_all`] (a scan of every backend's mappings) ran in this process:
+/// for diagnostics and for tests that check how often a pass scans.
+pub fn list_all_calls() -> u64 {
+    LIST_ALL_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Every local mapping of every available backend.
 pub fn list_all(cfg: &MapperConfig) -> Result<Vec<Mapping>> {
+    LIST_ALL_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
     for b in Backend::ALL {
         let m = mapper_for(b, cfg);

@@ -198,6 +198,12 @@ fn owns_loop(record: &Record, mountinfo: &str) -> bool {
     let Some(n) = record.loop_number() else {
         return false;
     };
+    // By the binding's identity when recorded: it still matches once the FUSE mount was
+    // lazily unmounted (sysfs then names the file `/image`), and never after the device
+    // was detached and bound again (the kernel bumps diskseq on both).
+    if let Some(b) = &record.backing {
+        return loopdev::is_bound_to(n, b);
+    }
     loopdev::backing_file(n).is_some_and(|b| b == record.fuse_file)
         && record.fuse_file.parent() == Some(record.mountpoint.as_path())
         && mount_at(mountinfo, &record.mountpoint).is_some_and(|m| is_mapper_fuse(&m))
@@ -419,12 +425,22 @@ impl UserspaceMapper {
     }
 
     /// Removes whatever is left of the mapping named `paths.token`: loop bindings to its
-    /// FUSE file, the FUSE mount, its files. Returns what could not be undone.
-    fn clean_leftovers(&self, paths: &Paths, keep_log: bool) -> Vec<String> {
+    /// FUSE file (by path, and `bound`: the recorded device and file identity, which
+    /// still match once the FUSE mount was lazily unmounted), the FUSE mount, its files.
+    /// Returns what could not be undone.
+    fn clean_leftovers(
+        &self,
+        paths: &Paths,
+        bound: Option<(u32, loopdev::BindingId)>,
+        keep_log: bool,
+    ) -> Vec<String> {
         let mut errors = Vec::new();
         let file = paths.fuse_file();
         if let Ok(loops) = loopdev::list() {
-            for l in loops.iter().filter(|l| l.backing_file == file) {
+            for l in loops.iter().filter(|l| {
+                l.backing_file == file
+                    || bound.is_some_and(|(n, b)| n == l.number && loopdev::is_bound_to(n, &b))
+            }) {
                 if let Err(e) = loopdev::detach(l.number) {
                     errors.push(chain(&e));
                 }
@@ -592,7 +608,7 @@ impl Mapper for UserspaceMapper {
             let _ = child.kill();
             let _ = child.wait();
             let tail = record::log_tail(&paths, 5);
-            let errors = self.clean_leftovers(&paths, false);
+            let errors = self.clean_leftovers(&paths, None, false);
             let mut reason = reason;
             if !tail.is_empty() {
                 reason.push_str(&format!("; mapper log:\n{tail}"));
@@ -708,7 +724,7 @@ impl Mapper for UserspaceMapper {
             });
         }
         let report = record::take_exit(&paths);
-        let leftovers = self.clean_leftovers(&paths, true);
+        let leftovers = self.clean_leftovers(&paths, n.zip(r.backing), true);
         let mut problems: Vec<String> = report
             .as_ref()
             .map(|x| x.errors.clone())
@@ -819,6 +835,7 @@ mod tests {
             client_addr: None,
             mountpoint: paths.mountpoint(),
             fuse_file: paths.fuse_file(),
+            backing: None,
             size: 1 << 20,
             io_timeout_secs: 30,
             created: 0,

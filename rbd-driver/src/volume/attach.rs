@@ -20,6 +20,17 @@ use crate::volume::name::validate_volume_name;
 use crate::volume::spec::AccessMode;
 use crate::volume::state::{Phase, VolumeState};
 
+/// How [`Driver::attach_with`] attaches a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Read-only or read-write; `None`: the volume's access option.
+    pub mode: Option<AccessMode>,
+    /// Take the volume from another node even while it uses it: that node is asked to
+    /// release it by force (unmounting it from under its containers), and fenced if it
+    /// still does not release it (refuses, fails, hangs).
+    pub take_over: bool,
+}
+
 /// What [`Driver::detach_with_report`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DetachReport {
@@ -177,6 +188,26 @@ impl Driver {
         mount_id: &str,
         mode: Option<AccessMode>,
     ) -> Result<AttachReport> {
+        self.attach_with(
+            name,
+            mount_id,
+            &AttachOptions {
+                mode,
+                ..AttachOptions::default()
+            },
+        )
+    }
+
+    /// [`Driver::attach_with_report`] with options: with [`AttachOptions::take_over`], a
+    /// node that holds the volume and uses it is forced to release it, and fenced if it
+    /// does not; without, its refusal names it.
+    pub fn attach_with(
+        &self,
+        name: &str,
+        mount_id: &str,
+        opts: &AttachOptions,
+    ) -> Result<AttachReport> {
+        let mode = opts.mode;
         let t0 = Instant::now();
         validate_volume_name(name)?;
         validate_mount_id(mount_id)?;
@@ -280,7 +311,7 @@ impl Driver {
             .filter_map(|m| m.client_addr)
             .collect();
         let tc = Instant::now();
-        let claim = self.claim_image(name, &current, read_only, protect)?;
+        let claim = self.claim_image(name, &current, read_only, protect, opts.take_over)?;
         report.timings.claim_ms = ms(tc);
         report.claim = Some(claim);
         report.warnings.extend(self.daemon_warning(&current.pool));
@@ -600,6 +631,15 @@ impl Driver {
     /// Whether a recorded attachment is intact: mounted at its mountpoint and its image
     /// still mapped here (found by image id).
     pub(super) fn healthy(&self, v: &VolumeState) -> Result<bool> {
+        self.healthy_in(v, None)
+    }
+
+    /// [`Self::healthy`], judged first against `listed` (this node's mappings, listed
+    /// once for a whole pass) when given. Only a "healthy" verdict is taken from it: a
+    /// mapping made after the listing (an attach that finished meanwhile) is missing
+    /// there, so "unhealthy" is confirmed against a fresh listing before anyone acts on
+    /// it.
+    pub(super) fn healthy_in(&self, v: &VolumeState, listed: Option<&[Mapping]>) -> Result<bool> {
         let mounted = fs_format::is_mountpoint(&v.mountpoint).unwrap_or(false);
         if !mounted {
             return Ok(false);
@@ -607,11 +647,20 @@ impl Driver {
         // A mapping served by a process (userspace, nbd) is only alive with its process;
         // a dead mapper's device is listed with no pid and fails every I/O.
         let alive = |m: &Mapping| m.backend == crate::mapper::Backend::Krbd || m.pid.is_some();
+        let ok = |maps: &mut dyn Iterator<Item = &Mapping>| {
+            let mut maps = maps.filter(|m| m.is_image(&v.pool, &v.namespace, &v.image_id));
+            match &v.device {
+                Some(d) => maps.any(|m| &m.device == d && alive(m)),
+                None => maps.any(alive),
+            }
+        };
+        if let Some(l) = listed
+            && ok(&mut l.iter())
+        {
+            return Ok(true);
+        }
         let maps = self.local_mappings(&v.pool, &v.namespace, &v.image_id)?;
-        Ok(match &v.device {
-            Some(d) => maps.iter().any(|m| &m.device == d && alive(m)),
-            None => maps.iter().any(alive),
-        })
+        Ok(ok(&mut maps.iter()))
     }
 
     /// Drops `mount_id`'s reference. The last reference unmounts (falling back to a lazy

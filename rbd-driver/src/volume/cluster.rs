@@ -375,13 +375,16 @@ impl Driver {
     }
 
     /// Claims `image` for volume `name` in the mode of the attach; `protect` are this
-    /// node's own mapping addresses of the image (never fenced).
+    /// node's own mapping addresses of the image (never fenced). With `take_over`, a node
+    /// that uses it is forced to release it, and fenced if it does not
+    /// ([`ClaimOptions::force`]); without, its refusal names it and says how to force it.
     pub(super) fn claim_image(
         &self,
         name: &str,
         image: &ImageRef,
         read_only: bool,
         protect: Vec<EntityAddr>,
+        take_over: bool,
     ) -> Result<Claim> {
         let mode = mode_of(read_only);
         let mut holder = HolderRecord::new(self.node().clone(), mode);
@@ -392,11 +395,26 @@ impl Driver {
                 image,
                 mode,
                 &ClaimOptions {
+                    force: take_over,
                     protect,
                     holder: Some(holder),
                     ..ClaimOptions::default()
                 },
             )
+            .map_err(|e| match e {
+                DriverError::InUse { volume, detail }
+                    if !take_over && detail.starts_with("node ") =>
+                {
+                    DriverError::InUse {
+                        volume,
+                        detail: format!(
+                            "{detail}; to take it anyway (its containers there lose the \
+                             volume), use take-over (rbdctl: --take-over)"
+                        ),
+                    }
+                }
+                e => e,
+            })
             .map_err(|e| volume_error(name, e))
     }
 
@@ -441,18 +459,26 @@ impl Driver {
 
     /// This node's registry record for an attachment.
     fn holder_of(&self, v: &VolumeState) -> HolderRecord {
+        let maps = self
+            .local_mappings(&v.pool, &v.namespace, &v.image_id)
+            .unwrap_or_default();
+        self.holder_from(v, &maps)
+    }
+
+    /// [`Self::holder_of`] with this node's mappings already listed (`listed`, any
+    /// images: those of `v`'s image are picked by id).
+    fn holder_from(&self, v: &VolumeState, listed: &[Mapping]) -> HolderRecord {
         let mut h = HolderRecord::new(self.node().clone(), mode_of(v.read_only));
         h.backend = v.backend;
         h.device = v.device.clone();
         h.mount_path = Some(v.mountpoint.clone());
         h.mount_ids = v.mount_ids.clone();
-        if let Ok(maps) = self.local_mappings(&v.pool, &v.namespace, &v.image_id) {
-            h.client_addr = maps
-                .iter()
-                .find(|m| v.device.as_ref() == Some(&m.device))
-                .or(maps.first())
-                .and_then(|m| m.client_addr);
-        }
+        let maps: Vec<&Mapping> = listed.iter().filter(|m| same_image(v, m)).collect();
+        h.client_addr = maps
+            .iter()
+            .find(|m| v.device.as_ref() == Some(&m.device))
+            .or(maps.first())
+            .and_then(|m| m.client_addr);
         h
     }
 
@@ -475,7 +501,15 @@ impl Driver {
     /// exits and removes its record while a mounted filesystem keeps its loop device).
     /// Returns the devices of the latter too.
     pub(super) fn local_view(&self, st: &State) -> Result<(Vec<Mapping>, BTreeSet<PathBuf>)> {
-        let mut local = mapper::list_all(&self.cfg.mapper)?;
+        self.local_view_from(st, mapper::list_all(&self.cfg.mapper)?)
+    }
+
+    /// [`Self::local_view`] from a listing of this node's mappings made for the pass.
+    fn local_view_from(
+        &self,
+        st: &State,
+        mut local: Vec<Mapping>,
+    ) -> Result<(Vec<Mapping>, BTreeSet<PathBuf>)> {
         let mut synth = BTreeSet::new();
         for v in st.volumes.values() {
             let Some(dev) = &v.device else { continue };
@@ -779,16 +813,27 @@ impl Driver {
     /// be cleaned and why.
     pub fn reconcile(&self, opts: &ReconcileOptions) -> Result<NodeReconcileReport> {
         let t0 = Instant::now();
+        // This node's mappings are listed once for the whole pass (recovery's health
+        // checks, the cluster check, re-registration); again only when recovery changed
+        // something.
+        let listed = mapper::list_all(&self.cfg.mapper)?;
         let recovery = if opts.dry_run {
             None
         } else {
-            Some(self.recover()?)
+            Some(self.recover_listed(Some(&listed))?)
         };
         let mut pools = self.served_pools()?;
         pools.extend(opts.pools.iter().cloned());
         let pools: Vec<String> = pools.into_iter().collect();
         let st = self.load_state()?;
-        let (local, synth) = self.local_view(&st)?;
+        let changed = recovery
+            .as_ref()
+            .is_some_and(|r| !r.actions.is_empty() || !r.errors.is_empty());
+        let (local, synth) = if changed {
+            self.local_view(&st)?
+        } else {
+            self.local_view_from(&st, listed)?
+        };
         let mut check = self.cluster.check(&local, &pools)?;
         mark_mapper_gone(&mut check, &synth);
         let mut out = NodeReconcileReport {
@@ -840,7 +885,7 @@ impl Driver {
                 continue;
             }
             let image = Self::image_ref_of_state(&v);
-            let mut h = self.holder_of(&v);
+            let mut h = self.holder_from(&v, &local);
             if h.client_addr.is_none() {
                 h.client_addr = m.client_addr;
             }

@@ -68,7 +68,7 @@ mod remove;
 pub mod spec;
 pub mod state;
 
-pub use attach::DetachReport;
+pub use attach::{AttachOptions, DetachReport};
 pub use cluster::{AttachReport, AttachTimings, NodeReconcileReport, ReconcileOptions};
 pub use driver::{
     ClientInfo, Driver, DriverConfig, LocalAttachment, VolumeInfo, VolumeStatus, hostname,
@@ -78,7 +78,7 @@ pub use index::{EntryState, IndexEntry, VolumeIndex};
 pub use name::validate_volume_name;
 pub use owner::OWNER_FILE;
 pub use recover::{RecoveryAction, RecoveryReport};
-pub use remove::{FsGrowth, ResizeReport};
+pub use remove::{FsGrowth, RemoveOptions, RemoveReport, ResizeReport};
 pub use spec::{
     AccessMode, CreateSpec, FormatAt, OPTION_KEYS, SnapshotSource, VolumeDefaults,
     parse_volume_size,

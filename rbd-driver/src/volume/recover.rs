@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{DriverError, Result};
-use crate::mapper;
+use crate::mapper::{self, Mapping};
 use crate::volume::driver::Driver;
 use crate::volume::index::EntryState;
 use crate::volume::lock::try_lock_volume;
@@ -68,6 +68,12 @@ impl Driver {
     ///
     /// [`Driver::new`] runs it; run it again any time (it is idempotent).
     pub fn recover(&self) -> Result<RecoveryReport> {
+        self.recover_listed(None)
+    }
+
+    /// [`Self::recover`], with this node's mappings already listed for the pass (healthy
+    /// attachments are recognised without listing again).
+    pub(super) fn recover_listed(&self, listed: Option<&[Mapping]>) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         let st = self.load_state()?;
         let names: BTreeSet<String> = st
@@ -80,7 +86,7 @@ impl Driver {
             match try_lock_volume(self.store.dir(), &name)? {
                 None => report.busy.push(name),
                 Some(_l) => {
-                    if let Err(e) = self.recover_name(&name, &mut report) {
+                    if let Err(e) = self.recover_name_listed(&name, &mut report, listed) {
                         report.errors.push(format!("{name}: {e}"));
                     }
                 }
@@ -97,9 +103,21 @@ impl Driver {
 
     /// Recovers one volume; the caller holds its lock.
     pub(super) fn recover_name(&self, name: &str, report: &mut RecoveryReport) -> Result<()> {
+        self.recover_name_listed(name, report, None)
+    }
+
+    fn recover_name_listed(
+        &self,
+        name: &str,
+        report: &mut RecoveryReport,
+        listed: Option<&[Mapping]>,
+    ) -> Result<()> {
         let st = self.load_state()?;
         if let Some(v) = st.volumes.get(name).cloned() {
-            if v.phase == Phase::Mounted && !v.mount_ids.is_empty() && self.healthy(&v)? {
+            if v.phase == Phase::Mounted
+                && !v.mount_ids.is_empty()
+                && self.healthy_in(&v, listed)?
+            {
                 // A snapshot that died between freeze and thaw leaves the fs frozen.
                 if thaw(&v.mountpoint) {
                     report.act(
@@ -186,6 +204,8 @@ impl Driver {
 
     /// Unmounts mounts directly under the mount root that no state entry owns, when their
     /// device is a mapping of this node.
+    /// The mappings are listed only when an orphan is found (a fresh listing: it decides
+    /// what is unmounted and unmapped).
     fn recover_orphan_mounts(&self, report: &mut RecoveryReport) -> Result<()> {
         let root = &self.cfg.mount_root;
         let root_canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
@@ -203,7 +223,7 @@ impl Driver {
         if candidates.is_empty() {
             return Ok(());
         }
-        let mappings = mapper::list_all(&self.cfg.mapper)?;
+        let mut listing: Option<Vec<Mapping>> = None;
         for (name, mp, source) in candidates {
             let Some(_l) = try_lock_volume(self.store.dir(), &name)? else {
                 continue;
@@ -216,6 +236,10 @@ impl Driver {
             }
             // Only what provably came from an attach here: a mapped image's device.
             let source_canon = std::fs::canonicalize(&source).unwrap_or_else(|_| source.clone());
+            if listing.is_none() {
+                listing = Some(mapper::list_all(&self.cfg.mapper)?);
+            }
+            let mappings = listing.as_deref().unwrap_or_default();
             if !mappings
                 .iter()
                 .any(|m| m.device == source || m.device == source_canon)
@@ -234,7 +258,7 @@ impl Driver {
             let mut what = format!("orphan mount {} ({:?})", mp.display(), um.outcome);
             // Its device, when it is a mapping that no state entry owns.
             let owned: BTreeSet<&str> = st.volumes.values().map(|v| v.image_id.as_str()).collect();
-            for m in &mappings {
+            for m in mappings {
                 if (m.device == source || m.device == source_canon)
                     && !owned.contains(m.image_id.as_str())
                 {

@@ -10,6 +10,8 @@ use rbd_core::rbd::{self, Shrink, SnapNamespace};
 use rbd_core::{Image, IoCtx, OpenOptions};
 use serde::Serialize;
 
+use crate::cluster::Claim;
+use crate::cluster::reconcile::CleanupReport;
 use crate::error::{DriverError, Result};
 use crate::volume::attach::{join, wait_for_size};
 use crate::volume::crash::crash_point;
@@ -76,6 +78,33 @@ pub(super) fn thaw(mountpoint: &Path) -> bool {
         .is_some_and(|d| thaw_fd(&d).is_ok())
 }
 
+/// How [`Driver::remove_with`] removes a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoveOptions {
+    /// Detach this node's attachment of the volume first, and remove its unused snapshots
+    /// (unprotecting them if needed). Never forces other nodes or clients, and never
+    /// removes snapshots that have clones.
+    pub force: bool,
+    /// Take the volume from other nodes even while they use it: each holder is asked to
+    /// release it by force (unmounting it from under its containers), and one that still
+    /// does not release it (refuses, fails, hangs) is fenced.
+    pub take_over: bool,
+}
+
+/// What [`Driver::remove_with`] did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RemoveReport {
+    /// This node's stale devices of the volume (of its image id, or of an older image with
+    /// its name) cleaned before the remove, each with what was done and why.
+    pub cleaned: Vec<CleanupReport>,
+    /// The cluster-wide read-write claim (who released the image, who was fenced); none
+    /// when there was no image left to claim.
+    pub claim: Option<Claim>,
+    /// The volume's image was removed by this call (false when its image was already gone
+    /// and only the index entry was left, or when an abandoned create was cleaned up).
+    pub image_removed: bool,
+}
+
 impl Driver {
     /// Removes a volume: its image (with its metadata) and its index entry.
     ///
@@ -94,8 +123,24 @@ impl Driver {
     /// The removal is recorded before its first change, so a crash is finished by
     /// recovery.
     pub fn remove(&self, name: &str, force: bool) -> Result<()> {
+        self.remove_with(
+            name,
+            &RemoveOptions {
+                force,
+                ..RemoveOptions::default()
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// [`Driver::remove`] with options, saying what it did: the stale local devices of the
+    /// volume cleaned first (each with why), and the cluster-wide claim (who released the
+    /// image, who was fenced).
+    pub fn remove_with(&self, name: &str, opts: &RemoveOptions) -> Result<RemoveReport> {
+        let force = opts.force;
         validate_volume_name(name)?;
         let _lock = self.lock(name)?;
+        let mut report = RemoveReport::default();
         let mut rep = Default::default();
         self.recover_name(name, &mut rep)?;
         // This node's stale devices of the volume (or of an older image of its name)
@@ -112,7 +157,7 @@ impl Driver {
                 self.cfg.defaults.namespace.clone(),
             ),
         };
-        self.reconcile_name(name, &pool, &ns, current.as_ref())?;
+        report.cleaned = self.reconcile_name(name, &pool, &ns, current.as_ref())?;
         let st = self.load_state()?;
         if let Some(v) = st.volumes.get(name).cloned() {
             if !force {
@@ -144,7 +189,7 @@ impl Driver {
             EntryState::Creating if age >= self.cfg.stale_after => {
                 self.remove_abandoned_image(name, &e)?;
                 self.index.remove_if(name, &se.raw)?;
-                return Ok(());
+                return Ok(report);
             }
             EntryState::Creating => {
                 return Err(DriverError::InUse {
@@ -168,17 +213,20 @@ impl Driver {
                 // The image is already gone: only the entry (and maybe records) is left.
                 self.forget(&current, "its image is gone");
                 self.index.remove_if(name, &se.raw)?;
-                return Ok(());
+                return Ok(report);
             }
             Err(err) => return Err(DriverError::ceph(format!("opening volume {name}"), err)),
         };
         // Claim it read-write cluster-wide: live holders release it or refuse (naming their
         // node and mount IDs), silent ones are fenced.
-        self.claim_image(name, &current, false, Vec::new())?;
+        report.claim = Some(self.claim_image(name, &current, false, Vec::new(), opts.take_over)?);
         let res = self.remove_claimed(name, force, &se, &io);
         // Gone or not, this node does not hold it any more.
         self.forget(&current, "removed");
-        res
+        res.map(|()| {
+            report.image_removed = true;
+            report
+        })
     }
 
     /// The remove after the claim: nobody else in the registry holds the image.

@@ -61,16 +61,21 @@ pub struct TestImage {
 impl TestImage {
     /// Creates an image with exclusive-lock.
     pub fn create(conf: &Path, prefix: &str, ns: &str) -> TestImage {
+        Self::create_with(
+            conf,
+            prefix,
+            ns,
+            Features::LAYERING | Features::EXCLUSIVE_LOCK,
+        )
+    }
+
+    /// Creates an image with `features`.
+    pub fn create_with(conf: &Path, prefix: &str, ns: &str, features: Features) -> TestImage {
         let admin = connect(conf);
         let name = testkit::unique(prefix);
         let io = admin.ioctx(POOL).unwrap();
-        rbd_core::rbd::create(
-            &io,
-            &name,
-            8 << 20,
-            &ImageOptions::new().features(Features::LAYERING | Features::EXCLUSIVE_LOCK),
-        )
-        .unwrap();
+        rbd_core::rbd::create(&io, &name, 8 << 20, &ImageOptions::new().features(features))
+            .unwrap();
         let id = rbd_core::rbd::image_id_by_name(&io, &name).unwrap();
         TestImage {
             admin,
@@ -98,6 +103,18 @@ impl Drop for TestImage {
             let _ = self.admin.blocklist_rm(a);
         }
         if let Ok(io) = self.admin.ioctx(POOL) {
+            // Advisory locks outlive their clients, and librbd cannot remove an image
+            // whose header an external lock holds: break what is left.
+            if let Ok(img) =
+                rbd_core::Image::open_by_id(&io, &self.id, &rbd_core::OpenOptions::new())
+            {
+                if let Ok(l) = img.list_lockers() {
+                    for l in l.lockers {
+                        let _ = img.break_lock(&l.client, &l.cookie);
+                    }
+                }
+                let _ = img.close();
+            }
             // Watchers may take a moment to go after their client was dropped.
             for _ in 0..50 {
                 match rbd_core::rbd::remove(&io, &self.name) {

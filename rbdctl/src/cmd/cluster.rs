@@ -524,15 +524,14 @@ pub fn fence_image(cli: &Cli, a: &FenceImageArgs) -> CliResult {
             image.spec()
         )));
     }
-    let mut protect = Vec::new();
-    if only.is_some() {
-        // Only that node's mapping: everyone else's registered addresses are spared.
-        let all = reg.get(&image)?.map(|e| e.holders).unwrap_or_default();
-        protect.extend(
-            all.iter()
-                .filter(|h| Some(&h.node) != only.as_ref())
-                .filter_map(|h| h.client_addr),
-        );
+    if let Some(n) = &only
+        && holders.iter().all(|h| h.client_addr.is_none())
+    {
+        return Err(CliError::Usage(format!(
+            "node {n}'s registration of {} records no client address, so its hold cannot \
+             be told from other clients; fence the image without --node",
+            image.spec()
+        )));
     }
     let target = FenceTarget {
         image: image.clone(),
@@ -544,7 +543,12 @@ pub fn fence_image(cli: &Cli, a: &FenceImageArgs) -> CliResult {
         addrs: holders.iter().filter_map(|h| h.client_addr).collect(),
         reason: a.reason.clone(),
     };
-    let outcome = cluster.fence(&target, &protect)?;
+    // With --node, only that node's registered mapping addresses are fenced: every other
+    // client (other nodes' mappings, unregistered watchers) is spared.
+    let outcome = match &only {
+        Some(n) => cluster.fence_node_hold(&target, n)?,
+        None => cluster.fence(&target, &[])?,
+    };
     let mut removed = Vec::new();
     for h in &holders {
         if reg.remove_fenced_holder(&image, h)? {

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::Cli;
 use crate::cmd::cluster::{self, FenceImageArgs};
 use crate::error::{CliError, CliResult};
-use crate::output::{Table, emit};
+use crate::output::{Table, done, emit};
 
 /// Fencing subcommands.
 #[derive(Debug, Subcommand)]
@@ -38,7 +38,8 @@ pub enum FenceCmd {
         /// Expiry in seconds (default: the monitor's, one hour).
         #[arg(long)]
         expire: Option<u64>,
-        /// Allow fencing every client on a host (port 0 and nonce 0).
+        /// Confirm fencing every client on a host (a bare IP, or port 0 and nonce 0): without
+        /// it such an address is refused and nothing is blocklisted.
         #[arg(long)]
         whole_host: bool,
         /// Record the fence in this image's fence log ([pool/[namespace/]]image).
@@ -134,7 +135,8 @@ pub fn run(cli: &Cli, cmd: &FenceCmd) -> CliResult {
                 )));
             }
             rados.blocklist_add(addr, expire.map(Duration::from_secs))?;
-            println!("fenced {addr}");
+            let mut text = format!("fenced {addr}");
+            let mut recorded = serde_json::Value::Null;
             if let Some(img) = image {
                 // The monitor's default expiry is one hour.
                 let expiry = Duration::from_secs(expire.unwrap_or(3600));
@@ -147,8 +149,19 @@ pub fn run(cli: &Cli, cmd: &FenceCmd) -> CliResult {
                     expiry,
                     registry_namespace,
                 )?;
-                println!("recorded in the fence log of {} ({})", rec.image, rec.id);
+                text += &format!("\nrecorded in the fence log of {} ({})", rec.image, rec.id);
+                recorded = serde_json::to_value(&rec).unwrap_or(serde_json::Value::Null);
             }
+            done(
+                cli.format,
+                json!({
+                    "fenced": addr,
+                    "expire_secs": expire,
+                    "whole_host": addr.is_whole_host(),
+                    "recorded": recorded,
+                }),
+                || text,
+            );
             Ok(())
         }
         FenceCmd::Rm {
@@ -158,12 +171,21 @@ pub fn run(cli: &Cli, cmd: &FenceCmd) -> CliResult {
         } => {
             let rados = cli.connect()?;
             rados.blocklist_rm(addr)?;
-            println!("unfenced {addr}");
             let pools = cluster::pools(cli, &rados, *all_pools)?;
             let n = cluster::forget_lifted_fences(&rados, &pools, registry_namespace)?;
-            if n > 0 {
-                println!("removed {n} fence-log records whose addresses are all unfenced");
-            }
+            done(
+                cli.format,
+                json!({ "unfenced": addr, "fence_log_records_removed": n }),
+                || {
+                    let mut s = format!("unfenced {addr}");
+                    if n > 0 {
+                        s += &format!(
+                            "\nremoved {n} fence-log records whose addresses are all unfenced"
+                        );
+                    }
+                    s
+                },
+            );
             Ok(())
         }
     }

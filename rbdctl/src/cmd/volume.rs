@@ -69,6 +69,10 @@ pub enum VolumeCmd {
         /// forces other clients or nodes).
         #[arg(long)]
         force: bool,
+        /// Take it from another node that uses it: that node is made to release it
+        /// (unmounted from under its containers), and fenced if it does not.
+        #[arg(long)]
+        take_over: bool,
     },
     /// List volumes.
     #[command(alias = "list")]
@@ -93,6 +97,10 @@ pub enum VolumeCmd {
         /// Read-write.
         #[arg(long)]
         rw: bool,
+        /// Take it from another node that uses it: that node is made to release it
+        /// (unmounted from under its containers), and fenced if it does not.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Drop a mount ID's reference; the last one unmounts and unmaps.
     Detach {
@@ -139,13 +147,35 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
             show_info(cli.format, &info);
             Ok(())
         }
-        VolumeCmd::Rm { name, force } => {
+        VolumeCmd::Rm {
+            name,
+            force,
+            take_over,
+        } => {
             rbd_driver::volume::validate_volume_name(name)?;
             let d = driver(cli, node)?;
-            d.remove(name, *force)?;
-            done(cli.format, json!({ "removed": name }), || {
-                format!("removed volume {name}")
-            });
+            let r = d.remove_with(
+                name,
+                &rbd_driver::volume::RemoveOptions {
+                    force: *force,
+                    take_over: *take_over,
+                },
+            )?;
+            let (released, fenced) = claim_summary(r.claim.as_ref());
+            done(
+                cli.format,
+                json!({ "removed": name, "released_by": released, "fenced": fenced }),
+                || {
+                    let mut s = format!("removed volume {name}");
+                    if !released.is_empty() {
+                        s.push_str(&format!(" (released by node {})", released.join(", ")));
+                    }
+                    if !fenced.is_empty() {
+                        s.push_str(&format!(" (fenced node {})", fenced.join(", ")));
+                    }
+                    s
+                },
+            );
             Ok(())
         }
         VolumeCmd::Ls => {
@@ -194,6 +224,7 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
             mount_id,
             ro,
             rw,
+            take_over,
         } => {
             rbd_driver::volume::validate_volume_name(name)?;
             rbd_driver::volume::validate_mount_id(mount_id)?;
@@ -203,10 +234,25 @@ pub fn run(cli: &Cli, a: &VolumeArgs) -> CliResult {
                 _ => None,
             };
             let d = driver(cli, node)?;
-            let mp = d.attach(name, mount_id, mode)?;
+            let r = d.attach_with(
+                name,
+                mount_id,
+                &rbd_driver::volume::AttachOptions {
+                    mode,
+                    take_over: *take_over,
+                },
+            )?;
+            let mp = r.mountpoint;
+            let (released, fenced) = claim_summary(r.claim.as_ref());
             emit(
                 cli.format,
-                &json!({ "volume": name, "mount_id": mount_id, "mountpoint": mp }),
+                &json!({
+                    "volume": name,
+                    "mount_id": mount_id,
+                    "mountpoint": mp,
+                    "released_by": released,
+                    "fenced": fenced,
+                }),
                 || format!("{}\n", mp.display()),
             );
             Ok(())
@@ -450,4 +496,24 @@ fn status_text(s: &VolumeStatus) -> String {
         }
     ));
     out
+}
+
+/// The nodes that released the image to a claim, and the nodes fenced by it.
+fn claim_summary(claim: Option<&rbd_driver::cluster::Claim>) -> (Vec<String>, Vec<String>) {
+    let Some(c) = claim else {
+        return (Vec::new(), Vec::new());
+    };
+    (
+        c.released_by.iter().map(|n| n.to_string()).collect(),
+        c.fenced
+            .iter()
+            .map(|f| {
+                f.record
+                    .fenced_node
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "?".into())
+            })
+            .collect(),
+    )
 }

@@ -27,6 +27,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result of a command run by the test itself.
+    pub fn from_output(o: Output) -> Run {
+        Run::from(o)
+    }
+
     fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),

@@ -197,6 +197,8 @@ struct Mapper {
     session: Option<fuser::BackgroundSession>,
     mounted: bool,
     dev: Option<LoopDevice>,
+    /// The identity of `dev`'s binding to the FUSE file.
+    backing: Option<loopdev::BindingId>,
     record_written: bool,
     locked: bool,
     addr: Option<EntityAddr>,
@@ -292,6 +294,7 @@ pub fn serve(req: ServeRequest, ready: Box<dyn Write + Send>) -> i32 {
         session: None,
         mounted: false,
         dev: None,
+        backing: None,
         record_written: false,
         locked: false,
         addr: None,
@@ -526,6 +529,8 @@ impl Mapper {
         .map_err(|e| super::chain(&e))?;
         drop(file);
         let device = dev.path();
+        let backing = dev.binding_id();
+        self.backing = backing;
         self.dev = Some(dev);
 
         let me = std::process::id();
@@ -545,6 +550,7 @@ impl Mapper {
             client_addr: self.addr,
             mountpoint: mnt,
             fuse_file: file_path,
+            backing,
             size,
             io_timeout_secs: io_timeout,
             created: unix_now(),
@@ -699,7 +705,13 @@ impl Mapper {
             ));
         }
         if let Some(dev) = &self.dev
-            && loopdev::backing_file(dev.number()).as_deref() != Some(&self.paths.fuse_file())
+            && !match &self.backing {
+                Some(b) => loopdev::is_bound_to(dev.number(), b),
+                // A kernel without diskseq: by path (the FUSE mount is still ours here).
+                None => {
+                    loopdev::backing_file(dev.number()).as_deref() == Some(&self.paths.fuse_file())
+                }
+            }
         {
             return Some(Stop::Lost(format!(
                 "{} was detached from our file by someone else",
@@ -745,12 +757,17 @@ impl Mapper {
                 errors.push(super::chain(&e));
             }
             drop(dev);
-            let file = self.paths.fuse_file();
+            // Judged by the loop's own state, not the file's path (see loopdev). On a
+            // kernel without diskseq: the binding as it is now (any binding counts).
+            let backing = self
+                .backing
+                .or_else(|| loopdev::binding_id(n))
+                .unwrap_or(loopdev::BindingId { diskseq: u64::MAX });
             if graceful {
                 // Keep serving until the last user closes the device; a SIGUSR1 turns
                 // this into a forced unmap.
                 let mut waited = Instant::now();
-                while !loopdev::wait_detached(n, &file, Duration::from_millis(100)) {
+                while !loopdev::wait_detached(n, &backing, Duration::from_millis(100)) {
                     if forced.load(Ordering::SeqCst) {
                         log!("forced while waiting for {} to be closed", path.display());
                         if let Some(s) = &self.shared {
@@ -768,7 +785,7 @@ impl Mapper {
                         waited = Instant::now();
                     }
                 }
-            } else if !loopdev::wait_detached(n, &file, Duration::from_secs(2)) {
+            } else if !loopdev::wait_detached(n, &backing, Duration::from_secs(2)) {
                 log!(
                     "{} stays until its last user closes it ({}); its I/O fails with EIO",
                     path.display(),

@@ -59,6 +59,11 @@ pub struct Record {
     pub mountpoint: PathBuf,
     /// The file the loop device is bound to.
     pub fuse_file: PathBuf,
+    /// The identity of the loop device's binding to that file (absent in records of older
+    /// mappers, or on kernels without diskseq): how the binding is recognised once the
+    /// FUSE mount was lazily unmounted and sysfs no longer names the file by `fuse_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing: Option<crate::mapper::loopdev::BindingId>,
     /// Device size in bytes at map time.
     pub size: u64,
     /// The per-I/O deadline, in seconds.
@@ -266,6 +271,7 @@ mod tests {
             client_addr: Some("127.0.0.1:0/3141".parse().unwrap()),
             mountpoint: "/run/rbd-volumes/umap/t1".into(),
             fuse_file: "/run/rbd-volumes/umap/t1/image".into(),
+            backing: Some(crate::mapper::loopdev::BindingId { diskseq: 6698 }),
             size: 1 << 30,
             io_timeout_secs: 30,
             created: 1_700_000_000,
