@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rbd_driver::mapper::Backend;
+use rbd_driver::node_config::{self, Scalar};
 use serde::Deserialize;
 
 use crate::error::{PluginError, Result};
@@ -56,7 +57,7 @@ use crate::service::Deadlines;
 /// Where the plugin serves by default: Docker finds legacy plugins here by name (`rbd`).
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/rbd.sock";
 /// The config file read when none is named (a missing default file is not an error).
-pub const DEFAULT_CONFIG: &str = "/etc/rbd-volumes/plugin.toml";
+pub const DEFAULT_CONFIG: &str = node_config::DEFAULT_CONFIG_FILE;
 /// dockerd's timeout for Path, Get, List and Capabilities; past it, dockerd retries.
 pub const DOCKERD_SHORT_TIMEOUT: Duration = Duration::from_secs(60);
 /// dockerd's timeout for Create, Remove, Mount and Unmount; past it, dockerd retries.
@@ -148,7 +149,7 @@ impl Default for PluginConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
-            node_id: hostname(),
+            node_id: rbd_driver::volume::hostname(),
             state_dir: PathBuf::from("/var/lib/rbd-volumes"),
             mount_root: PathBuf::from("/var/lib/rbd-volumes/mounts"),
             run_dir: PathBuf::from("/run/rbd-volumes"),
@@ -219,27 +220,6 @@ struct TimeoutSection {
     shutdown_grace: Option<f64>,
 }
 
-/// A `[defaults]` value: `size = 10` and `size = "10G"` both work.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Scalar {
-    fn into_string(self) -> String {
-        match self {
-            Scalar::Str(s) => s,
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }
-    }
-}
-
 impl PluginConfig {
     /// Loads the configuration from the process environment and `overrides`.
     pub fn load(overrides: &Overrides) -> Result<PluginConfig> {
@@ -256,21 +236,25 @@ impl PluginConfig {
         let mut cfg = PluginConfig::default();
 
         // The file: --config, then RBD_PLUGIN_CONFIG, then the default path if it exists.
-        let (file, explicit) = match (&overrides.config, var("RBD_PLUGIN_CONFIG")) {
-            (Some(p), _) => (Some(p.clone()), true),
-            (None, Some(p)) => (Some(PathBuf::from(p)), true),
-            (None, None) => (Some(PathBuf::from(DEFAULT_CONFIG)), false),
+        let (path, explicit) = match (&overrides.config, var(node_config::CONFIG_FILE_VAR)) {
+            (Some(p), _) => (p.clone(), true),
+            (None, Some(p)) => (PathBuf::from(p), true),
+            (None, None) => (PathBuf::from(DEFAULT_CONFIG), false),
         };
-        if let Some(path) = file {
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let fc = parse_file(&path, &text)?;
-                    cfg.apply_file(&path, fc)?;
-                    cfg.config_file = Some(path);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
-                Err(source) => return Err(PluginError::ConfigRead { path, source }),
+        match node_config::read_file(&path, explicit) {
+            Ok(Some(text)) => {
+                let fc =
+                    node_config::parse_file::<FileConfig>(&path, &text).map_err(|message| {
+                        PluginError::ConfigParse {
+                            path: path.clone(),
+                            message,
+                        }
+                    })?;
+                cfg.apply_file(&path, fc)?;
+                cfg.config_file = Some(path);
             }
+            Ok(None) => {}
+            Err(source) => return Err(PluginError::ConfigRead { path, source }),
         }
 
         // The environment.
@@ -329,23 +313,9 @@ impl PluginConfig {
                 .map(String::from)
                 .collect();
         }
-        for (k, v) in env {
-            if let Some(key) = k.strip_prefix("RBD_DEFAULT_") {
-                if v.trim().is_empty() {
-                    continue;
-                }
-                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                    return Err(PluginError::value(
-                        k,
-                        v,
-                        ENV,
-                        "expected RBD_DEFAULT_<KEY> with KEY in upper case, e.g. RBD_DEFAULT_SIZE",
-                    ));
-                }
-                let key = key.to_ascii_lowercase().replace('_', "-");
-                cfg.defaults.insert(key, v.clone());
-            }
-        }
+        let defaults = node_config::env_defaults(env)
+            .map_err(|(k, v)| PluginError::value(k, v, ENV, node_config::DEFAULT_VAR_EXPECTED))?;
+        cfg.defaults.extend(defaults);
 
         // The command line.
         if let Some(s) = &overrides.socket {
@@ -526,19 +496,6 @@ impl PluginConfig {
     }
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    let res = if is_json {
-        serde_json::from_str::<FileConfig>(text).map_err(|e| e.to_string())
-    } else {
-        toml::from_str::<FileConfig>(text).map_err(|e| e.to_string())
-    };
-    res.map_err(|message| PluginError::ConfigParse {
-        path: path.to_path_buf(),
-        message: message.trim().to_string(),
-    })
-}
-
 fn parse_backend(key: &str, v: &str, origin: &str) -> Result<Option<Backend>> {
     if v.trim() == "auto" {
         return Ok(None);
@@ -567,15 +524,6 @@ fn to_duration(key: &str, raw: &str, s: f64, origin: &str) -> Result<Duration> {
         ));
     }
     Ok(Duration::from_secs_f64(s))
-}
-
-/// The host name, from the kernel (`/proc/sys/kernel/hostname`), or `localhost`.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]

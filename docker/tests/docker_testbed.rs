@@ -23,6 +23,7 @@ use common::*;
 use rbd_core::{ConnectOptions, EntityAddr, Rados, Timeouts};
 use rbd_driver::cluster::{ControlClient, NAMESPACE, NodeId, PingResult, Registry, RegistryEntry};
 use serde_json::json;
+use testkit::cmd::wait_every;
 use testkit::testbed::{Daemon, Testbed};
 
 const POOL: &str = "rbd";
@@ -250,18 +251,8 @@ fn last_seq(c: &Container) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How often the waits poll (each check asks the cluster).
+const POLL: Duration = Duration::from_millis(200);
 
 #[test]
 fn seed_003_writer_on_a_reader_on_b_and_b_is_refused_while_a_uses_it() {
@@ -301,7 +292,7 @@ fn seed_003_writer_on_a_reader_on_b_and_b_is_refused_while_a_uses_it() {
     // The database-like writer on A.
     let w = Container::run(&a.dockerd, &["-v", &mnt], WRITER);
     assert!(
-        wait_until(Duration::from_secs(60), || last_seq(&w) >= 20),
+        wait_every(Duration::from_secs(60), POLL, || last_seq(&w) >= 20),
         "the writer on A does not write:\n{}",
         a.log()
     );
@@ -355,7 +346,7 @@ fn seed_003_writer_on_a_reader_on_b_and_b_is_refused_while_a_uses_it() {
         assert_eq!(e.holders.len(), 1);
         assert_eq!(e.holders[0].node.as_str(), a.id);
         assert!(
-            wait_until(Duration::from_secs(30), || last_seq(&w) > seq),
+            wait_every(Duration::from_secs(30), POLL, || last_seq(&w) > seq),
             "A's writer stopped after B's request:\n{}",
             a.log()
         );

@@ -29,6 +29,7 @@ use rbd_driver::cluster::{
     ControlClient, HolderRecord, ImageRef, Mode, NAMESPACE, NodeId, PingResult, Registry,
 };
 use serde_json::json;
+use testkit::cmd::wait_every;
 
 const POOL: &str = "rbd";
 
@@ -48,18 +49,8 @@ fn ping(rados: &Rados, node: &str) -> PingResult {
         .unwrap()
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How often the waits poll (each check asks the cluster).
+const POLL: Duration = Duration::from_millis(200);
 
 #[test]
 fn the_plugin_answers_for_its_node_and_reconciles_on_start_and_periodically() {
@@ -102,7 +93,7 @@ fn the_plugin_answers_for_its_node_and_reconciles_on_start_and_periodically() {
         plugin.log_text()
     );
     assert!(
-        wait_until(Duration::from_secs(20), || reg
+        wait_every(Duration::from_secs(20), POLL, || reg
             .get(&bogus)
             .unwrap()
             .is_none()),
@@ -145,7 +136,7 @@ fn the_plugin_answers_for_its_node_and_reconciles_on_start_and_periodically() {
     let image = entry.image_ref();
     assert!(reg.unregister(&image, &node).unwrap());
     assert!(
-        wait_until(Duration::from_secs(20), || find().is_some_and(|e| e
+        wait_every(Duration::from_secs(20), POLL, || find().is_some_and(|e| e
             .holders
             .iter()
             .any(|h| h.node == node && h.mount_ids.contains("ctr-1")))),
@@ -281,7 +272,7 @@ fn node_b_is_refused_a_volume_that_a_container_on_node_a_uses() {
             .find(|e| e.image_id == id)
     };
     assert!(
-        wait_until(Duration::from_secs(30), || entry()
+        wait_every(Duration::from_secs(30), POLL, || entry()
             .is_some_and(|e| e.holders.iter().any(|h| !h.mount_ids.is_empty()))),
         "A did not register the mounted volume: {:?}\n{}",
         entry(),
@@ -366,7 +357,7 @@ fn node_b_is_refused_a_volume_that_a_container_on_node_a_uses() {
     docker_ok(&dockerd_a.host, &["rm", "-f", &c.name]);
     drop(c);
     assert!(
-        wait_until(Duration::from_secs(30), || entry()
+        wait_every(Duration::from_secs(30), POLL, || entry()
             .is_none_or(|e| e.holders.is_empty())),
         "A is still registered: {:?}",
         entry()

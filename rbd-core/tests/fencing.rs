@@ -19,16 +19,15 @@ const A_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much later than its timeout a fenced call may return.
 const MARGIN: Duration = Duration::from_secs(5);
 
-/// Removes the blocklist entry and the test objects when dropped, even on failure.
+/// Removes the test objects when dropped, even on failure. (The blocklist entries go with
+/// [`common::Unfence`], made before A so that A is gone first.)
 struct Cleanup {
     b: Rados,
-    addr: EntityAddr,
     oids: Vec<String>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = self.b.blocklist_rm(&self.addr);
         if let Ok(io) = self.b.ioctx(common::POOL) {
             for o in &self.oids {
                 let _ = io.remove_object(o);
@@ -71,12 +70,15 @@ fn blocklisted_client_is_fenced_promptly() {
     let Some((b, conf)) = common::connect() else {
         return;
     };
+    // A's blocklist entry goes once A is gone, pass or fail.
+    let unfence = common::Unfence::new(&b);
     let a = Rados::connect(
         &ConnectOptions::new()
             .conf_file(&conf)
             .timeouts(Timeouts::uniform(A_TIMEOUT)),
     )
     .unwrap();
+    unfence.client(&a);
     let io_a = Arc::new(a.ioctx(common::POOL).unwrap());
     let data_oid = testkit::unique("fence-data");
     let watch_oid = testkit::unique("fence-watch");
@@ -84,7 +86,6 @@ fn blocklisted_client_is_fenced_promptly() {
     let addr = *a.getaddrs().unwrap().primary().unwrap();
     let _cleanup = Cleanup {
         b: b.clone(),
-        addr,
         oids: vec![data_oid.clone(), watch_oid.clone(), b_oid.clone()],
     };
 
@@ -178,12 +179,15 @@ fn blocklisting_another_address_leaves_us_alone() {
     let Some((b, conf)) = common::connect() else {
         return;
     };
+    // A's blocklist entry goes once A is gone, pass or fail.
+    let unfence = common::Unfence::new(&b);
     let a = Rados::connect(
         &ConnectOptions::new()
             .conf_file(&conf)
             .timeouts(Timeouts::uniform(A_TIMEOUT)),
     )
     .unwrap();
+    unfence.client(&a);
     let mine = *a.getaddrs().unwrap().primary().unwrap();
     // Same IP, another nonce: a different client instance.
     let other = EntityAddr {
@@ -191,9 +195,9 @@ fn blocklisting_another_address_leaves_us_alone() {
         ..mine
     };
     let oid = testkit::unique("fence-other");
+    unfence.addr(other);
     let _cleanup = Cleanup {
         b: b.clone(),
-        addr: other,
         oids: vec![oid.clone()],
     };
     b.blocklist_add(&other, Some(Duration::from_secs(60)))
@@ -222,12 +226,15 @@ fn blocklisted_client_image_io_fails_promptly() {
     let Some((b, conf)) = common::connect() else {
         return;
     };
+    // A's blocklist entry goes once A is gone, pass or fail.
+    let unfence = common::Unfence::new(&b);
     let a = Rados::connect(
         &ConnectOptions::new()
             .conf_file(&conf)
             .timeouts(Timeouts::uniform(A_TIMEOUT)),
     )
     .unwrap();
+    unfence.client(&a);
     let addr = *a.getaddrs().unwrap().primary().unwrap();
     let io_b = b.ioctx(common::POOL).unwrap();
     // One image with the default features (exclusive lock, object map), one without.
@@ -257,11 +264,6 @@ fn blocklisted_client_image_io_fails_promptly() {
         }
     }
     let _images = Images(io_b, vec![locked.clone(), plain.clone()]);
-    let _cleanup = Cleanup {
-        b: b.clone(),
-        addr,
-        oids: vec![],
-    };
 
     let io_a = a.ioctx(common::POOL).unwrap();
     let imgs: Vec<Arc<Image>> = [&locked, &plain]
@@ -353,12 +355,15 @@ fn blocklisted_client_management_calls_fail_promptly() {
     let Some((b, conf)) = common::connect() else {
         return;
     };
+    // A's blocklist entry goes once A is gone, pass or fail.
+    let unfence = common::Unfence::new(&b);
     let a = Rados::connect(
         &ConnectOptions::new()
             .conf_file(&conf)
             .timeouts(Timeouts::uniform(A_TIMEOUT)),
     )
     .unwrap();
+    unfence.client(&a);
     let addr = *a.getaddrs().unwrap().primary().unwrap();
     let io_b = b.ioctx(common::POOL).unwrap();
     // The default features: exclusive-lock, object-map (every management call below needs
@@ -384,11 +389,6 @@ fn blocklisted_client_management_calls_fail_promptly() {
         }
     }
     let _image = Image1(b.ioctx(common::POOL).unwrap(), name.clone());
-    let _cleanup = Cleanup {
-        b: b.clone(),
-        addr,
-        oids: vec![],
-    };
     let io_a = Arc::new(a.ioctx(common::POOL).unwrap());
     // Opened (and used) before the fencing.
     let img = Arc::new(Image::open(&io_a, &name, &OpenOptions::new()).unwrap());

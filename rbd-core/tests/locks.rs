@@ -86,9 +86,12 @@ fn breaking_the_exclusive_lock_blocklists_the_owner() {
     let Some((rados, conf)) = common::connect() else {
         return;
     };
+    // Removes the owner's blocklist entry once the owner is gone, pass or fail.
+    let unfence = common::Unfence::new(&rados);
     let t = TestImage::create(&rados, "mgmt-xbreak", 4 << 20, &xlock_opts());
     // The owner is a separate client instance, since it gets blocklisted.
     let rados_a = second_client(&conf);
+    unfence.client(&rados_a);
     let io_a = rados_a.ioctx(common::POOL).unwrap();
     let a = Image::open(&io_a, &t.name, &OpenOptions::new()).unwrap();
     a.lock_acquire(LockMode::Exclusive).unwrap();
@@ -114,12 +117,6 @@ fn breaking_the_exclusive_lock_blocklists_the_owner() {
             .and_then(|a| a.parse::<EntityAddr>().ok())
             .is_some_and(|a| a.same_instance(&addr))
     });
-    // Tidy up the blocklist entry before asserting.
-    let _ = common::cli_status(
-        &conf,
-        "ceph",
-        &["osd", "blocklist", "rm", &addr.to_legacy_string()],
-    );
     assert!(listed, "{addr} not in blocklist:\n{bl}");
     drop(a);
 
@@ -133,6 +130,9 @@ fn advisory_exclusive_lock() {
     let Some((rados, conf)) = common::connect() else {
         return;
     };
+    // Breaking B's lock below blocklists B (librbd's rbd_blocklist_on_break_lock): its
+    // entry is removed once B is gone, pass or fail.
+    let unfence = common::Unfence::new(&rados);
     let t = TestImage::create(&rados, "mgmt-advx", 1 << 20, &plain_opts());
     let a = t.open();
     let l = a.list_lockers().unwrap();
@@ -158,6 +158,7 @@ fn advisory_exclusive_lock() {
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
 
     let rados_b = second_client(&conf);
+    unfence.client(&rados_b);
     let b = Image::open(
         &rados_b.ioctx(common::POOL).unwrap(),
         &t.name,

@@ -43,6 +43,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod error;
 pub mod mapper;
+pub mod node_config;
 pub mod volume;
 
 pub use error::{DriverError, Result};

@@ -14,6 +14,7 @@ use cluster_support::*;
 use rbd_driver::cluster::{ClaimOptions, HolderRecord, ImageRef, Mode, StaleReason};
 use rbd_driver::mapper::userspace::UserspaceMapper;
 use rbd_driver::mapper::{CephAuth, MapOptions, MapRequest, Mapper, MapperConfig, loopdev};
+use testkit::cmd::wait_every;
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new("timeout")
@@ -35,18 +36,8 @@ fn proc_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How often the waits poll (each check asks the cluster).
+const POLL: Duration = Duration::from_millis(100);
 
 /// Undoes whatever the test left: mounts and loop devices under its run dir, mapper
 /// processes (by their recorded pids), the images.
@@ -84,7 +75,7 @@ impl Drop for Guard {
         }
         if let Ok(io) = self.admin.ioctx(POOL) {
             for n in &self.images {
-                wait_until(Duration::from_secs(30), || {
+                wait_every(Duration::from_secs(30), POLL, || {
                     rbd_core::rbd::remove(&io, n).is_ok()
                         || rbd_core::rbd::image_id_by_name(&io, n).is_err()
                 });
@@ -193,7 +184,7 @@ fn stale_userspace_mapping_is_cleaned_and_the_name_reused() {
     }
     let _unblock = Unblock(connect(&conf), fenced_addrs);
     assert!(
-        wait_until(Duration::from_secs(30), || rbd_core::rbd::remove(
+        wait_every(Duration::from_secs(30), POLL, || rbd_core::rbd::remove(
             &io, &name
         )
         .is_ok()),
@@ -243,14 +234,14 @@ fn stale_userspace_mapping_is_cleaned_and_the_name_reused() {
     assert!(!fs_format::is_mountpoint(&mnt).unwrap());
     if let Some(pid) = m.pid {
         assert!(
-            wait_until(Duration::from_secs(10), || !proc_alive(pid)),
+            wait_every(Duration::from_secs(10), POLL, || !proc_alive(pid)),
             "the stale mapper still runs"
         );
     }
     assert!(mapper.list().unwrap().is_empty());
     let n = loopdev::parse_device(&m.device).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || loopdev::list()
+        wait_every(Duration::from_secs(10), POLL, || loopdev::list()
             .unwrap_or_default()
             .iter()
             .all(

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use rbd_driver::mapper::{Backend, CephAuth, MapperConfig};
+use rbd_driver::node_config::{self, Scalar};
 use rbd_driver::volume::{DriverConfig, StateStore, VolumeDefaults, VolumeState};
 use serde::Deserialize;
 
@@ -40,7 +41,7 @@ variables, so both share this host's volume state):
 Empty variables count as unset.";
 
 /// The plugin's default config file.
-pub const DEFAULT_PLUGIN_CONFIG: &str = "/etc/rbd-volumes/plugin.toml";
+pub const DEFAULT_PLUGIN_CONFIG: &str = node_config::DEFAULT_CONFIG_FILE;
 
 /// The keys of the Docker plugin's config file that are node settings (the plugin's own
 /// keys, such as `socket`, `log`, `[ceph]` and `[timeouts]`, are ignored here).
@@ -57,26 +58,8 @@ struct PluginFile {
     defaults: Option<BTreeMap<String, Scalar>>,
 }
 
-/// A `[defaults]` value: `size = 10` and `size = "10G"` both work.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Scalar {
-    fn into_string(self) -> String {
-        match self {
-            Scalar::Str(s) => s,
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }
-    }
-}
+// `[defaults]` values take the forms the plugin takes (`node_config::Scalar`): `size = 10`
+// and `size = "10G"` both work.
 
 /// Where this node keeps its state, and how it maps images. (The volume commands also
 /// read `RBD_REGISTRY_NAMESPACE`: the cluster registry's RADOS namespace, default
@@ -146,11 +129,9 @@ impl NodeArgs {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from(DEFAULT_PLUGIN_CONFIG), false),
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                return Ok(PluginFile::default());
-            }
+        let text = match node_config::read_file(&path, explicit) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(PluginFile::default()),
             Err(e) => {
                 return Err(CliError::io(
                     format!("reading the plugin config file {}", path.display()),
@@ -158,16 +139,10 @@ impl NodeArgs {
                 ));
             }
         };
-        let parsed = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str::<PluginFile>(&text).map_err(|e| e.to_string())
-        } else {
-            toml::from_str::<PluginFile>(&text).map_err(|e| e.to_string())
-        };
-        parsed.map_err(|e| {
+        node_config::parse_file(&path, &text).map_err(|e| {
             CliError::Usage(format!(
-                "invalid plugin config file {}: {}",
-                path.display(),
-                e.trim()
+                "invalid plugin config file {}: {e}",
+                path.display()
             ))
         })
     }
@@ -204,24 +179,14 @@ impl NodeArgs {
             .into_iter()
             .map(|(k, v)| (k, v.into_string()))
             .collect();
-        for (k, v) in std::env::vars_os() {
-            let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
-                continue;
-            };
-            let Some(key) = k.strip_prefix("RBD_DEFAULT_") else {
-                continue;
-            };
-            if v.trim().is_empty() {
-                continue;
-            }
-            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                return Err(CliError::Usage(format!(
-                    "invalid environment variable {k}: expected RBD_DEFAULT_<KEY> with KEY in \
-                     upper case, e.g. RBD_DEFAULT_SIZE"
-                )));
-            }
-            opts.insert(key.to_ascii_lowercase().replace('_', "-"), v.to_owned());
-        }
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        opts.extend(node_config::env_defaults(env).map_err(|(k, _)| {
+            CliError::Usage(format!(
+                "invalid environment variable {k}: {}",
+                node_config::DEFAULT_VAR_EXPECTED
+            ))
+        })?);
         opts.extend(parse_options("--default", &self.defaults)?);
         Ok(NodeSettings {
             node_id: set(&self.node_id)

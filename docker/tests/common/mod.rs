@@ -1,10 +1,10 @@
 //! Shared helpers for the plugin's end-to-end tests: the plugin process, an HTTP client over
-//! its socket, the Ceph CLI, a private dockerd, and plugin discovery files. Everything
-//! started here is stopped by its own pid in `Drop`, pass or fail.
+//! its socket, the Ceph CLI and plugin discovery files, with the private dockerd and the
+//! containers of `testkit::docker`. Everything started here is stopped by its own pid in
+//! `Drop`, pass or fail.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,93 +17,13 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-pub const IMAGE: &str = "rbd-test/busybox:latest";
-
-/// Runs a command with a deadline, draining its output; panics if it cannot be started or
-/// does not finish in time (it is killed first).
-pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what} did not finish within {limit:?}; killed");
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("waiting for {what}: {e}"),
-        }
-    };
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
-
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub fn check(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// A temp directory under /tmp (short, for socket paths), removed in `Drop`.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let p = PathBuf::from("/tmp").join(testkit::unique(prefix));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// The shared test kit's parts these tests use (each test binary uses a different subset).
+#[allow(unused_imports)]
+pub use testkit::TempDir;
+#[allow(unused_imports)]
+pub use testkit::cmd::{check, run, text};
+#[allow(unused_imports)]
+pub use testkit::docker::{Container, Dockerd, IMAGE, docker_ok};
 
 // ---------------------------------------------------------------------------------------
 // The Ceph CLI against the test cluster.
@@ -457,118 +377,7 @@ impl Drop for VolumeGuard {
 }
 
 // ---------------------------------------------------------------------------------------
-// Docker.
-
-/// A private dockerd for one test, from scripts/dev-docker.sh (DEV_DOCKER_OWN=1, its own
-/// directory), stopped and wiped in `Drop`.
-///
-/// Why not the shared dev dockerd: dockerd keeps every legacy plugin it has talked to in a
-/// cache for its lifetime and asks each of them on every `docker volume ls`. A test's plugin
-/// is gone after the test, and each later `docker volume ls` on that dockerd then waits
-/// about 15 s for it (measured). A dockerd per test keeps the shared one clean.
-pub struct Dockerd {
-    pub dir: PathBuf,
-    pub host: String,
-    /// The network namespace it runs in (`None`: the host's).
-    pub netns: Option<PathBuf>,
-}
-
-impl Dockerd {
-    pub fn start() -> Dockerd {
-        Self::start_in(None)
-    }
-
-    /// A dockerd (and its containerd) started inside the network namespace `netns`
-    /// (`nsenter --net`, as the test bed runs node daemons): only its network is the
-    /// node's; its socket, data and the mounts it makes stay visible to the host.
-    pub fn start_in(netns: Option<&Path>) -> Dockerd {
-        // Short: the exec root under it holds unix sockets.
-        let dir = PathBuf::from("/tmp").join(testkit::unique("dk"));
-        let d = Dockerd {
-            host: format!("unix://{}/docker.sock", dir.display()),
-            dir,
-            netns: netns.map(Path::to_path_buf),
-        };
-        let out = run(
-            d.script_command()
-                .arg("up")
-                .arg(&d.dir)
-                .env("DEV_DOCKER_OWN", "1")
-                .env_remove("DOCKER_HOST")
-                .env_remove("DEV_DOCKER_DIR"),
-            Duration::from_secs(180),
-        );
-        check("scripts/dev-docker.sh up", &out);
-        d
-    }
-
-    /// `scripts/dev-docker.sh`, in this dockerd's network namespace.
-    fn script_command(&self) -> Command {
-        let script = testkit::workspace_root().join("scripts/dev-docker.sh");
-        match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(script);
-                c
-            }
-            None => Command::new(script),
-        }
-    }
-
-    pub fn docker(&self, args: &[&str]) -> Output {
-        self.docker_for(args, Duration::from_secs(120))
-    }
-
-    pub fn docker_for(&self, args: &[&str], limit: Duration) -> Output {
-        run(
-            Command::new("docker")
-                .args(args)
-                .env("DOCKER_HOST", &self.host)
-                .env_remove("DOCKER_CONTEXT"),
-            limit,
-        )
-    }
-
-    /// `docker ARGS`, which must succeed; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        check(&format!("docker {}", args.join(" ")), &out)
-    }
-
-    /// `docker ARGS`, which must fail; returns stderr.
-    pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            !out.status.success(),
-            "docker {} should have failed; stdout: {}",
-            args.join(" "),
-            text(&out.stdout)
-        );
-        text(&out.stderr)
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        if let Some(ns) = &self.netns
-            && !ns.exists()
-        {
-            // The namespace is gone (and with it whatever ran there). `down` from the
-            // host must not compare the host's links with those recorded inside the
-            // namespace: without the record it leaves links alone.
-            let _ = std::fs::remove_file(self.dir.join("links-before"));
-            self.netns = None;
-        }
-        let mut cmd = self.script_command();
-        cmd.arg("down").arg(&self.dir);
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            run(&mut cmd, Duration::from_secs(180))
-        }));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+// Docker (the daemon and containers: `testkit::docker`).
 
 /// `/etc/docker/plugins/NAME.spec` pointing at a socket, removed in `Drop`. dockerd finds
 /// legacy plugins there (and at /run/docker/plugins/NAME.sock) whatever its own directories.
@@ -593,71 +402,6 @@ impl SpecFile {
 impl Drop for SpecFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// `docker ARGS` against `host`, which must succeed; its stdout.
-pub fn docker_ok(host: &str, args: &[&str]) -> String {
-    let out = run(
-        Command::new("docker")
-            .args(args)
-            .env("DOCKER_HOST", host)
-            .env_remove("DOCKER_CONTEXT"),
-        Duration::from_secs(120),
-    );
-    check(&format!("docker {}", args.join(" ")), &out)
-}
-
-/// A docker container removed (`docker rm -f`) in `Drop`.
-pub struct Container {
-    pub host: String,
-    pub name: String,
-}
-
-impl Container {
-    /// `docker run -d --name NAME --network none ARGS... IMAGE sh -c SCRIPT`.
-    pub fn run(dockerd: &Dockerd, args: &[&str], script: &str) -> Container {
-        let c = Container {
-            host: dockerd.host.clone(),
-            name: testkit::unique("c"),
-        };
-        let mut full = vec![
-            "run",
-            "-d",
-            "--name",
-            &c.name,
-            "--network",
-            "none",
-            "--pull",
-            "never",
-        ];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&[IMAGE, "sh", "-c", script]);
-        docker_ok(&c.host, &full);
-        c
-    }
-
-    /// `docker exec NAME sh -c SCRIPT`, which must succeed; its stdout.
-    pub fn exec(&self, script: &str) -> String {
-        docker_ok(&self.host, &["exec", &self.name, "sh", "-c", script])
-    }
-
-    /// `docker stop`.
-    pub fn stop(&self) {
-        docker_ok(&self.host, &["stop", "-t", "1", &self.name]);
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
-            run(
-                Command::new("docker")
-                    .args(["rm", "-f", &self.name])
-                    .env("DOCKER_HOST", &self.host),
-                Duration::from_secs(120),
-            )
-        });
     }
 }
 

@@ -131,7 +131,13 @@ pub fn bounded<T: Send + 'static>(
 }
 
 /// Polls `f` every 20 ms until it is true (then true) or `limit` has passed (then false).
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub fn wait_until(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    wait_every(limit, Duration::from_millis(20), f)
+}
+
+/// Polls `f` every `every` (for checks that ask the cluster or dockerd) until it is true
+/// (then true) or `limit` has passed (then false).
+pub fn wait_every(limit: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if f() {
@@ -140,6 +146,6 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(every);
     }
 }

@@ -11,10 +11,11 @@
 //! # let _ = conf;
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod cluster;
 pub mod cmd;
+pub mod docker;
 pub mod testbed;
 
 /// True when running under CI (`CI=true` or `CI=1`).
@@ -103,6 +104,32 @@ pub fn workspace_root() -> PathBuf {
         .and_then(|p| p.parent())
         .map(PathBuf::from)
         .expect("testkit lives two levels below the workspace root")
+}
+
+/// A directory `/tmp/<prefix>-<unique>` (short, so socket paths under it fit), removed with
+/// everything in it in `Drop`, pass or fail.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates it (panics when it cannot).
+    pub fn new(prefix: &str) -> Self {
+        let p = PathBuf::from("/tmp").join(unique(prefix));
+        std::fs::create_dir_all(&p)
+            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", p.display()));
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub use cmd::run as output_within;
