@@ -73,8 +73,8 @@ impl Driver {
             // krbd's: the kernel implements none of librbd's proxied maintenance requests,
             // so with `exclusive` (no lock transitions) the driver's own resize and
             // snapshot of a mounted volume fail with EROFS (found by rbdctl's
-            // `volume_guest` test). Without it the kernel still takes the lock at map
-            // time (and for every write), hands it over when the resize or snapshot asks
+            // `volume_guest` test). Without it the kernel takes the lock at its first
+            // write (krbd locks lazily), hands it over when the resize or snapshot asks
             // for it, and takes it back at its next write. One read-write holder per
             // image is what the cluster registry guarantees, for every backend. The
             // userspace mapper and rbd-nbd serve those requests through their own
