@@ -1511,3 +1511,39 @@ fn automatic_selection_picks_userspace_without_rbd_and_nbd_modules() {
         Ok(m) => panic!("selected {:?} without a mapper binary", m.backend()),
     }
 }
+
+/// A forced unmap that races the mapper's own teardown (a fenced mapper exits by itself
+/// while reconcile cleans its device) finds no record of that mapper any more: nothing of
+/// the mapping is left (the record goes last), so the forced unmap succeeds. A plain
+/// unmap still says the mapping is not there, and a mapping whose mapper still runs is
+/// never matched by a wrong image id.
+#[test]
+fn a_forced_unmap_of_a_mapping_its_mapper_already_tore_down_succeeds() {
+    let Some(fx) = Fixture::new() else { return };
+    let img = fx.image("umap-gone", 16 * MIB);
+    let m = fx.map(&img);
+    let pid = m.pid.unwrap();
+    // The mapper goes on its own (as a fenced mapper does), leaving nothing behind.
+    fx.mapper.unmap(&m, false).unwrap();
+    assert!(!proc_alive(pid));
+    assert!(fx.mapper.list().unwrap().is_empty());
+
+    assert!(matches!(
+        fx.mapper.unmap(&m, false),
+        Err(DriverError::Map { .. })
+    ));
+    fx.mapper.unmap(&m, true).unwrap();
+
+    // A live mapper is never taken for gone: a wrong image id is still refused.
+    let live = fx.map(&img);
+    let wrong = Mapping {
+        image_id: "0000wrongid".into(),
+        ..live.clone()
+    };
+    assert!(matches!(
+        fx.mapper.unmap(&wrong, true),
+        Err(DriverError::Map { .. })
+    ));
+    assert!(proc_alive(live.pid.unwrap()));
+    fx.mapper.unmap(&live, false).unwrap();
+}

@@ -667,7 +667,24 @@ impl Mapper for UserspaceMapper {
     }
 
     fn unmap(&self, mapping: &Mapping, force: bool) -> Result<()> {
-        let entry = self.find(mapping)?;
+        let entry = match self.find(mapping) {
+            Ok(e) => e,
+            // A forced unmap racing the mapper's own teardown (a fenced mapper exits by
+            // itself): the mapper removes its record as the last step, after the loop
+            // device, the FUSE mount, the image and the connection, so no record of its
+            // pid left means nothing of the mapping is left either.
+            Err(e) => match mapping.pid {
+                Some(pid) if force && !self.entries()?.iter().any(|x| x.record.pid == pid) => {
+                    tracing::info!(
+                        "{} on {}: mapper pid {pid} already tore the mapping down",
+                        mapping.spec(),
+                        mapping.device.display()
+                    );
+                    return Ok(());
+                }
+                _ => return Err(e),
+            },
+        };
         let r = &entry.record;
         let paths = Paths::new(&self.run_dir(), &r.token);
         let spec = r.mapping(None).spec();
