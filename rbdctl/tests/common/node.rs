@@ -310,6 +310,17 @@ impl Drop for Node<'_> {
                 }
             }
         }
+        // 2b. What the unmaps could not name: a dead mapper's FUSE mount whose loop device
+        //     another process took (it is listed without a device), e.g. after a test
+        //     failed midway.
+        for mp in self.mounts().into_iter().rev() {
+            if mp.starts_with(&run) {
+                let _ = Command::new("timeout")
+                    .args(["30", "umount", "-l"])
+                    .arg(&mp)
+                    .output();
+            }
+        }
         // 3. Remove volumes (index entry, image, snapshots), then plain images.
         for v in self.volumes.borrow().iter() {
             let r = self.rbdctl(&["volume", "rm", "--force", v]);
