@@ -230,15 +230,7 @@ pub fn fence_image(
                 let so_far = if record.addrs.is_empty() {
                     "nothing was blocklisted".to_owned()
                 } else {
-                    format!(
-                        "blocklisted so far: {}",
-                        record
-                            .addrs
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    format!("blocklisted so far: {}", join_addrs(&record.addrs))
                 };
                 if !record.addrs.is_empty() {
                     record.reason =
@@ -367,12 +359,7 @@ pub fn fence_image(
             reason: format!(
                 "{left} still present {} s after blocklisting {}",
                 opts.verify_timeout.as_secs(),
-                record
-                    .addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                join_addrs(&record.addrs)
             ),
             source: None,
         });
@@ -383,4 +370,13 @@ pub fn fence_image(
         spared,
         elapsed_ms: t0.elapsed().as_millis() as u64,
     })
+}
+
+/// `a, b, c`, for messages.
+fn join_addrs(addrs: &[EntityAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use rbd_core::rbd::Watcher;
 use rbd_core::{EntityAddr, ErrorKind, OpenOptions, Rados};
 use rbd_driver::cluster::reconcile::blocklist_match;
 use rbd_driver::cluster::registry::now_ms;
@@ -201,16 +200,6 @@ struct WatchersView {
     unmapped_holders: Vec<String>,
 }
 
-/// Watchers of `img` other than our own handle.
-fn watchers_of(rados: &Rados, img: &rbd_core::Image) -> CliResult<Vec<Watcher>> {
-    let own = rados.getaddrs()?;
-    Ok(img
-        .watchers()?
-        .into_iter()
-        .filter(|w| !own.0.iter().any(|a| a.same_instance(&w.addr)))
-        .collect())
-}
-
 /// `rbdctl watchers IMAGE`.
 pub fn watchers(cli: &Cli, a: &WatchersArgs) -> CliResult {
     let spec = Spec::image_only(&a.image)?;
@@ -218,7 +207,7 @@ pub fn watchers(cli: &Cli, a: &WatchersArgs) -> CliResult {
     let io = cli.spec_ioctx(&rados, &spec)?;
     let img = crate::cmd::image::open_ro(&io, &spec.image)?;
     let id = img.id()?;
-    let w = watchers_of(&rados, &img)?;
+    let w = super::image::other_watchers(&rados, &img)?;
     let owners = crate::cmd::lock::exclusive_owners(&img)?;
     drop(img);
     let image = ImageRef::new(spec.pool(cli), spec.namespace(cli), &spec.image, &id);

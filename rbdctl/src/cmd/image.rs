@@ -332,7 +332,7 @@ pub fn info(cli: &Cli, name: &str) -> CliResult {
 }
 
 /// The watchers of `img` other than our own handle(s).
-fn other_watchers(rados: &rbd_core::Rados, img: &Image) -> CliResult<Vec<rbd::Watcher>> {
+pub(crate) fn other_watchers(rados: &rbd_core::Rados, img: &Image) -> CliResult<Vec<rbd::Watcher>> {
     let own = rados.getaddrs()?;
     Ok(img
         .watchers()?
