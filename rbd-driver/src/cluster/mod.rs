@@ -116,15 +116,7 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// Defaults for `node_id`: ping 2 s, release 15 s, fence expiry 1 h, verify 5 s.
     pub fn new(node_id: NodeId) -> Self {
-        Self {
-            node_id,
-            namespace: NAMESPACE.to_owned(),
-            ping_timeout: Duration::from_secs(2),
-            release_timeout: Duration::from_secs(15),
-            server: ServerOptions::default(),
-            fence: FenceOptions::default(),
-            claim_rounds: 4,
-        }
+        Self::with_options(node_id, &ClusterOptions::default())
     }
 }
 
@@ -148,16 +140,16 @@ pub struct ClusterOptions {
 }
 
 impl Default for ClusterOptions {
-    /// The defaults of [`ClusterConfig::new`].
+    /// The defaults of [`ClusterConfig::new`]: ping 2 s, release 15 s, four claim rounds,
+    /// the default server and fence settings.
     fn default() -> Self {
-        let c = ClusterConfig::new(NodeId::new("default").expect("a valid node id"));
         Self {
-            namespace: c.namespace,
-            ping_timeout: c.ping_timeout,
-            release_timeout: c.release_timeout,
-            server: c.server,
-            fence: c.fence,
-            claim_rounds: c.claim_rounds,
+            namespace: NAMESPACE.to_owned(),
+            ping_timeout: Duration::from_secs(2),
+            release_timeout: Duration::from_secs(15),
+            server: ServerOptions::default(),
+            fence: FenceOptions::default(),
+            claim_rounds: 4,
         }
     }
 }
