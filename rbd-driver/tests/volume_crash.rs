@@ -53,7 +53,7 @@ pub fn run_op(
         cmd.env(CRASH_ENV, p);
     }
     // Bounded: an operation that hangs fails the test instead of stalling it.
-    let out = testkit::output_within(&mut cmd, std::time::Duration::from_secs(300));
+    let out = testkit::cmd::run(&mut cmd, std::time::Duration::from_secs(300));
     if let Some(p) = crash_at {
         assert_eq!(
             out.status.signal(),

@@ -18,7 +18,7 @@ pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Run a command (bounded by [`RUN_LIMIT`]), panic with its stderr if it fails, return its
 /// stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = testkit::output_within(Command::new(program).args(args), RUN_LIMIT);
+    let out = testkit::cmd::run(Command::new(program).args(args), RUN_LIMIT);
     assert!(
         out.status.success(),
         "{program} {args:?} failed with {}: {}",
@@ -54,7 +54,7 @@ pub fn blkid(dev: &Path, tag: &str) -> Option<String> {
     if !have("blkid") {
         return None;
     }
-    let out = testkit::output_within(
+    let out = testkit::cmd::run(
         Command::new("blkid")
             .args(["-p", "-o", "value", "-s", tag])
             .arg(dev),
@@ -121,7 +121,7 @@ impl Drop for LoopDev {
     fn drop(&mut self) {
         // On a device still held (e.g. by a lazily detached mount) the kernel sets
         // autoclear instead, and frees it when the last user goes.
-        // (`timeout`, not output_within: a panic in drop could abort the test process.)
+        // (`timeout`, not cmd::run: a panic in drop could abort the test process.)
         let _ = Command::new("timeout")
             .args(["-s", "KILL", "60", "losetup", "-d"])
             .arg(&self.path)

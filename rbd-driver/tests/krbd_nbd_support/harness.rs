@@ -180,7 +180,7 @@ pub fn run_guest_with(
     // cleanup. Past it, the harness gets SIGTERM (its trap kills qemu), then SIGKILL.
     let limit = std::time::Duration::from_secs(lock_wait + build_timeout + qemu_timeout + 60);
     let t = Instant::now();
-    let out = testkit::output_within(&mut cmd, limit);
+    let out = testkit::cmd::run(&mut cmd, limit);
     let secs = t.elapsed().as_secs_f64();
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     let stderr = String::from_utf8_lossy(&out.stderr);

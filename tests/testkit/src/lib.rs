@@ -132,16 +132,14 @@ impl Drop for TempDir {
     }
 }
 
-pub use cmd::run as output_within;
-
 #[cfg(test)]
 mod tests {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
     #[test]
-    fn output_within_captures_like_output() {
-        let out = super::output_within(
+    fn cmd_run_captures_like_output() {
+        let out = super::cmd::run(
             Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
             Duration::from_secs(30),
         );
@@ -151,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn output_within_terminates_a_child_past_its_limit() {
+    fn cmd_run_terminates_a_child_past_its_limit() {
         let dir = std::env::temp_dir().join(super::unique("testkit-term"));
         std::fs::create_dir_all(&dir).unwrap();
         let marker = dir.join("trap-ran");
@@ -161,7 +159,7 @@ mod tests {
         );
         let t = Instant::now();
         let r = std::panic::catch_unwind(|| {
-            super::output_within(
+            super::cmd::run(
                 Command::new("sh").args(["-c", &script]),
                 Duration::from_secs(1),
             )
