@@ -189,6 +189,13 @@ impl MkfsArgs {
         };
         for (flag, value) in &words {
             let bad = |reason: String| invalid(fs, &format!("{flag} {value}"), reason);
+            // A value that looks like an option (`-O --a`) would be read by the tool as
+            // one: never pass it on, for any filesystem.
+            if value.starts_with('-') {
+                return Err(bad(format!(
+                    "the value of {flag} may not start with '-' ({value:?})"
+                )));
+            }
             match &mut out {
                 MkfsArgs::Ext4(v) => parse_ext4(flag, value, v).map_err(bad)?,
                 MkfsArgs::Xfs(v) => parse_xfs(flag, value, v).map_err(bad)?,
@@ -1098,6 +1105,19 @@ mod tests {
             ..MkfsOptions::default()
         };
         assert!(mkfs_argv("/dev/x", FsType::Btrfs, &o).is_err());
+    }
+
+    #[test]
+    fn a_value_that_looks_like_an_option_is_refused() {
+        // Found by rendered_args_stay_in_the_allowlist: btrfs `-O --a` passed `--a` on.
+        let e = MkfsArgs::parse(FsType::Btrfs, &["-O", "--a"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--a"), "{e}");
+        for fs in FsType::ALL {
+            let e = MkfsArgs::parse(fs, &["-L", "-x"]).unwrap_err().to_string();
+            assert!(e.contains("-x"), "{fs}: {e}");
+        }
     }
 
     proptest::proptest! {
