@@ -7,6 +7,8 @@ set -euo pipefail
 PKGS=(
   # Ceph: daemons for the dev cluster, CLI, client libraries and headers.
   ceph-mon ceph-osd ceph-common librados-dev librbd-dev
+  # librados' C++ headers (rados/buffer.h, librados.hpp), for rbd-core's C++ shim.
+  libradospp-dev
   # Anchors for the benchmark comparison and the nbd backend.
   rbd-fuse rbd-nbd
   # Filesystems and FUSE.
@@ -19,8 +21,8 @@ PKGS=(
   fio iproute2 iptables jq procps psmisc kmod uuid-runtime ca-certificates curl
   # systemd-socket-activate, for the plugin's socket-activation test.
   systemd
-  # C toolchain bits for linking librados/librbd.
-  gcc libc6-dev pkg-config
+  # C toolchain bits for linking librados/librbd, and g++ for rbd-core's C++ shim.
+  gcc g++ libc6-dev pkg-config
 )
 
 missing=()

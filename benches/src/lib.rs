@@ -197,14 +197,29 @@ impl Iterator for Offsets {
     }
 }
 
+/// Which rbd-core aio calls [`run_ours`] uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// [`Image::aio_write_buffer`] from one shared [`rbd_core::Buffer`] and
+    /// [`Image::aio_read_buffer`] (librbd's C++ bufferlist API, no copy of the data; what
+    /// `rbd bench` itself does).
+    ZeroCopy,
+    /// [`Image::aio_write_buf_with`] / [`Image::aio_read_with`] with one reused `Vec` per
+    /// request in flight (librbd's C API, which copies every byte once).
+    Copy,
+}
+
 /// Runs workload `w` on `img` through rbd-core's aio with `depth` requests in flight, as
 /// `rbd bench` does (same offsets, same op flags, one flush at the end, timed from the
-/// first request to the end of that flush). Buffers are allocated once and reused.
+/// first request to the end of that flush), with the calls `api` names. Write data is
+/// made once: one shared buffer for [`Api::ZeroCopy`] (as `rbd bench` writes one
+/// bufferlist), one reused buffer per request in flight for [`Api::Copy`].
 pub async fn run_ours(
     img: &Image,
     w: &Workload,
     depth: usize,
     seed: u64,
+    api: Api,
 ) -> anyhow::Result<Measurement> {
     let size = img.size()?;
     if w.io_size > size {
@@ -216,7 +231,15 @@ pub async fn run_ours(
     let mut offsets = Offsets::new(w, size, seed);
     let mut rng = Rng::new(seed ^ 0x5555);
     let fill = (rng.next_u64() & 0xff) as u8;
-    let mut pool: Vec<Vec<u8>> = (0..depth).map(|_| vec![fill; w.io_size as usize]).collect();
+    let io_size = w.io_size as usize;
+    let shared = match api {
+        Api::ZeroCopy => Some(rbd_core::Buffer::from_slice(&vec![fill; io_size])?),
+        Api::Copy => None,
+    };
+    let mut pool: Vec<Vec<u8>> = match api {
+        Api::ZeroCopy => Vec::new(),
+        Api::Copy => (0..depth).map(|_| vec![fill; io_size]).collect(),
+    };
     let flags = w.flags();
     let total_ops = w.ops();
     let mut submitted = 0u64;
@@ -224,24 +247,67 @@ pub async fn run_ours(
     let start = Instant::now();
     while submitted < total_ops || !inflight.is_empty() {
         while inflight.len() < depth && submitted < total_ops {
-            let buf = pool.pop().expect("one buffer per request in flight");
             let off = offsets.next().unwrap_or(0);
-            inflight.push(match w.io_type {
-                IoType::Read => img.aio_read_with(off, buf, flags),
-                IoType::Write => img.aio_write_buf_with(off, buf, flags),
+            inflight.push(match (api, w.io_type, &shared) {
+                (Api::ZeroCopy, IoType::Read, _) => {
+                    Request::Buffer(img.aio_read_buffer_with(off, io_size, flags))
+                }
+                (Api::ZeroCopy, IoType::Write, Some(data)) => {
+                    Request::Len(img.aio_write_buffer_with(off, data, flags))
+                }
+                (_, io_type, _) => {
+                    let buf = pool.pop().expect("one buffer per request in flight");
+                    Request::Vec(match io_type {
+                        IoType::Read => img.aio_read_with(off, buf, flags),
+                        IoType::Write => img.aio_write_buf_with(off, buf, flags),
+                    })
+                }
             });
             submitted += 1;
         }
         if let Some(r) = inflight.next().await {
-            let buf = r.context("benchmark request failed")?;
-            if buf.len() as u64 != w.io_size {
-                bail!("short request: {} of {} bytes", buf.len(), w.io_size);
+            let (n, buf) = r.context("benchmark request failed")?;
+            if n != io_size {
+                bail!("short request: {n} of {io_size} bytes");
             }
-            pool.push(buf);
+            pool.extend(buf);
         }
     }
     img.aio_flush().await?;
     Ok(Measurement::from_ops(total_ops, w.io_size, start.elapsed()))
+}
+
+/// One request of [`run_ours`] in flight: resolves to the bytes moved and, for the copying
+/// API, the buffer to reuse.
+enum Request {
+    Vec(rbd_core::AioFuture<Vec<u8>>),
+    Len(rbd_core::AioFuture<usize>),
+    Buffer(rbd_core::AioFuture<rbd_core::Buffer>),
+}
+
+impl std::future::Future for Request {
+    type Output = rbd_core::Result<(usize, Option<Vec<u8>>)>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        // Every variant is Unpin (AioFuture is).
+        let p = match self.get_mut() {
+            Request::Vec(f) => std::pin::Pin::new(f)
+                .poll(cx)
+                .map(|r| r.map(|v| (v.len(), Some(v)))),
+            Request::Len(f) => std::pin::Pin::new(f).poll(cx).map(|r| r.map(|n| (n, None))),
+            Request::Buffer(f) => std::pin::Pin::new(f)
+                .poll(cx)
+                .map(|r| r.map(|b| (b.len(), None))),
+        };
+        match p {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Runs `rbd bench` for `w` on `spec` (`pool/image`) with `threads` in flight and `extra`

@@ -298,6 +298,22 @@ fn blocklisted_client_image_io_fails_promptly() {
         assert_fenced(&format!("write_at on {name}"), r, took);
         let (r, took) = fenced_aio("fenced aio_write", img.aio_write(8192, vec![9; 4096]));
         assert_fenced(&format!("aio_write on {name}"), r, took);
+        // The zero-copy write fails the same way, and librbd lets go of the bytes it
+        // shared (an early failure must not keep them, or hang).
+        let mut shared = rbd_core::Buffer::from_slice(&[9; 4096]).unwrap();
+        let (r, took) = fenced_aio(
+            "fenced aio_write_buffer",
+            img.aio_write_buffer(12288, &shared),
+        );
+        assert_fenced(&format!("aio_write_buffer on {name}"), r, took);
+        let t0 = Instant::now();
+        while shared.get_mut().is_none() {
+            assert!(
+                t0.elapsed() < A_TIMEOUT,
+                "{name}: librbd kept a failed write's bytes for {A_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let (r, took) = fenced_aio("fenced aio_discard", img.aio_discard(0, 1 << 20));
         assert_fenced(&format!("aio_discard on {name}"), r, took);
         let (r, took) = fenced_aio("fenced aio_flush", img.aio_flush());
@@ -308,6 +324,8 @@ fn blocklisted_client_image_io_fails_promptly() {
         // Reads go to the OSD too (nothing is cached for them here).
         let (r, took) = fenced_aio("fenced aio_read", img.aio_read(1 << 20, vec![0; 4096]));
         assert_fenced(&format!("aio_read on {name}"), r, took);
+        let (r, took) = fenced_aio("fenced aio_read_buffer", img.aio_read_buffer(3 << 20, 4096));
+        assert_fenced(&format!("aio_read_buffer on {name}"), r, took);
         let (r, took) = fenced_call("fenced read_at", {
             let img = img.clone();
             move || {

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use benches::{IoType, Measurement, Pattern, Workload, median, run_ours, run_rbd_bench};
+use benches::{Api, IoType, Measurement, Pattern, Workload, median, run_ours, run_rbd_bench};
 use rbd_core::rbd::{self, ImageOptions};
 use rbd_core::{ConnectOptions, Image, IoCtx, OpenOptions, Rados};
 
@@ -101,6 +101,7 @@ enum Executor {
 }
 
 struct Args {
+    api: Api,
     cache: Cache,
     executor: Executor,
     runs: usize,
@@ -111,6 +112,7 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
+        api: Api::ZeroCopy,
         cache: Cache::Off,
         executor: Executor::Tokio,
         runs: 3,
@@ -135,6 +137,13 @@ fn parse_args() -> anyhow::Result<Args> {
                     other => bail!("--cache takes on or off, not {other:?}"),
                 }
             }
+            "--api" => {
+                a.api = match it.next().as_deref() {
+                    Some("zero-copy") => Api::ZeroCopy,
+                    Some("copy") => Api::Copy,
+                    other => bail!("--api takes zero-copy or copy, not {other:?}"),
+                }
+            }
             "--executor" => {
                 a.executor = match it.next().as_deref() {
                     Some("tokio") => Executor::Tokio,
@@ -153,7 +162,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: compare_rbd_bench [--runs N (3)] [--depth D (16)] [--cache off|on (off)] \
-                     [--executor tokio|block-on (tokio)] [--only WORKLOAD] [--option KEY=VALUE]...\n\
+                     [--executor tokio|block-on (tokio)] [--api zero-copy|copy (zero-copy)] [--only WORKLOAD] [--option KEY=VALUE]...\n\
                      WORKLOAD is a substring of a row name, e.g. \"4K rand\"; each --option \
                      is a Ceph option for our connection only"
                 );
@@ -277,7 +286,7 @@ fn main() -> anyhow::Result<()> {
                     // so the exclusive lock is not held across the anchor's runs).
                     let img = Image::open(&io, &name, &OpenOptions::new())?;
                     let seed = 0xB0B0 + (wi * 100 + run) as u64;
-                    let fut = run_ours(&img, w, args.depth, seed);
+                    let fut = run_ours(&img, w, args.depth, seed, args.api);
                     let m = match args.executor {
                         Executor::Tokio => rt.block_on(fut)?,
                         Executor::BlockOn => futures::executor::block_on(fut)?,
@@ -307,9 +316,10 @@ fn main() -> anyhow::Result<()> {
     .chain(args.options.iter().map(|(k, v)| format!("{k}={v}")))
     .collect();
     println!(
-        "rbd-core aio ({} in flight, {:?} executor; {}) vs `rbd bench --io-threads {} {}`, \
+        "rbd-core aio ({:?} API, {} in flight, {:?} executor; {}) vs `rbd bench --io-threads {} {}`, \
          {} runs each, alternating, medians; librbd {}.{}.{}, image {spec} ({} MiB, default \
          features).\n",
+        args.api,
         args.depth,
         args.executor,
         ours_opts.join(", "),

@@ -15,6 +15,15 @@
 //! Many operations may be in flight at once on one [`Image`] (it is `Sync`): start them
 //! all, then await them, e.g. with `futures::future::join_all` or a `JoinSet`.
 //!
+//! # Zero-copy I/O
+//!
+//! librbd's C API copies every byte once: `aio_write` copies the data into librbd's own
+//! buffer, and `aio_read` copies the reply into the caller's. [`Image::aio_write_buffer`]
+//! and [`Image::aio_read_buffer`] move a [`Buffer`] instead (librbd's C++ bufferlist API,
+//! through rbd-core's shim): a write shares the caller's bytes with librbd, and a read
+//! resolves to the bytes the reply arrived in. For large requests this is the difference
+//! that matters (BENCHMARKS.md has the figures); the semantics are the same otherwise.
+//!
 //! # Ownership and cancellation
 //!
 //! * The operation is submitted when the `aio_*` method returns; the future only reports
@@ -54,6 +63,7 @@ use std::task::{Poll, Waker};
 
 use crate::error::{Context, Error, Result};
 use crate::rbd::Image;
+use crate::rbd::buffer::{Buffer, RawList};
 use crate::rbd::image::ImageHandle;
 use crate::rbd::io::{IoFlags, split, split_count};
 use crate::sys;
@@ -67,7 +77,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[allow(dead_code)]
 struct Parked {
     image: Option<Arc<ImageHandle>>,
-    buf: Option<Vec<u8>>,
+    data: Data,
+}
+
+/// The memory an operation lends librbd until it completes.
+enum Data {
+    None,
+    /// The caller's buffer (C API reads and writes).
+    Vec(Vec<u8>),
+    /// One output list per librbd request (zero-copy reads through the shim).
+    Lists(Vec<RawList>),
 }
 
 /// The reaper: one thread, started on first need, that drops what abandoned operations
@@ -180,6 +199,10 @@ unsafe extern "C" fn aio_done(comp: sys::rbd_completion_t, arg: *mut c_void) {
 enum Kind {
     Read,
     Write,
+    /// Read into bufferlists (`librbd::Image::aio_read2`, through the shim).
+    ReadList,
+    /// Write from a bufferlist (`librbd::Image::aio_write2`, through the shim).
+    WriteList,
     Discard,
     WriteZeroes,
     Flush,
@@ -190,6 +213,8 @@ impl Kind {
         match self {
             Kind::Read => "rbd_aio_read2",
             Kind::Write => "rbd_aio_write2",
+            Kind::ReadList => "librbd::Image::aio_read2",
+            Kind::WriteList => "librbd::Image::aio_write2",
             Kind::Discard => "rbd_aio_discard",
             Kind::WriteZeroes => "rbd_aio_write_zeroes",
             Kind::Flush => "rbd_aio_flush",
@@ -201,8 +226,8 @@ struct Running {
     op: Arc<Op>,
     /// Keeps the C handle open until completion (parked if the future goes first).
     image: Option<Arc<ImageHandle>>,
-    /// The buffer librbd reads into or writes from; untouched until completion.
-    buf: Option<Vec<u8>>,
+    /// The memory librbd reads into or writes from; untouched until completion.
+    data: Data,
     kind: Kind,
     /// Bytes requested (after clipping reads at the end of the image).
     len: u64,
@@ -210,7 +235,7 @@ struct Running {
 
 enum State {
     /// Resolved without going to librbd (bad input, empty request).
-    Ready(Option<Result<(Option<Vec<u8>>, u64)>>),
+    Ready(Option<Result<(Data, u64)>>),
     Running(Running),
     Done,
 }
@@ -223,8 +248,11 @@ enum State {
 #[must_use = "the I/O is submitted already; the future only reports its result"]
 pub struct AioFuture<T> {
     state: State,
-    finish: fn(Option<Vec<u8>>, u64) -> T,
+    finish: Finish<T>,
 }
+
+/// Turns a completed operation's memory and length into the future's value.
+type Finish<T> = fn(Data, u64) -> Result<T>;
 
 impl<T> std::fmt::Debug for AioFuture<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,7 +267,7 @@ impl<T> std::fmt::Debug for AioFuture<T> {
 }
 
 impl<T> AioFuture<T> {
-    fn ready(r: Result<(Option<Vec<u8>>, u64)>, finish: fn(Option<Vec<u8>>, u64) -> T) -> Self {
+    fn ready(r: Result<(Data, u64)>, finish: Finish<T>) -> Self {
         Self {
             state: State::Ready(Some(r)),
             finish,
@@ -288,14 +316,17 @@ impl<T> Future for AioFuture<T> {
                         let ctx = run.image.as_ref().map_or_else(Context::none, |h| h.ctx());
                         Err(Error::from_errno(run.kind.c_name(), e, ctx))
                     }
-                    None => Ok((run.buf.take(), short_at.unwrap_or(run.len).min(run.len))),
+                    None => Ok((
+                        std::mem::replace(&mut run.data, Data::None),
+                        short_at.unwrap_or(run.len).min(run.len),
+                    )),
                 }
             }
             State::Done => panic!("AioFuture polled after it completed"),
         };
         // Completed: the image reference is released here, on the polling thread.
         this.state = State::Done;
-        Poll::Ready(outcome.map(|(buf, n)| (this.finish)(buf, n)))
+        Poll::Ready(outcome.and_then(|(data, n)| (this.finish)(data, n)))
     }
 }
 
@@ -313,7 +344,7 @@ impl<T> Drop for AioFuture<T> {
         }
         let parked = Parked {
             image: run.image.take(),
-            buf: run.buf.take(),
+            data: std::mem::replace(&mut run.data, Data::None),
         };
         if reaper_ok {
             s.parked = Some(parked);
@@ -324,21 +355,58 @@ impl<T> Drop for AioFuture<T> {
     }
 }
 
-fn out_vec(buf: Option<Vec<u8>>, n: u64) -> Vec<u8> {
-    let mut b = buf.unwrap_or_default();
+fn into_vec(data: Data) -> Vec<u8> {
+    match data {
+        Data::Vec(v) => v,
+        _ => Vec::new(),
+    }
+}
+
+fn out_vec(data: Data, n: u64) -> Result<Vec<u8>> {
+    let mut b = into_vec(data);
     b.truncate(n as usize);
-    b
+    Ok(b)
 }
 
-fn out_buf(buf: Option<Vec<u8>>, _: u64) -> Vec<u8> {
-    buf.unwrap_or_default()
+fn out_buf(data: Data, _: u64) -> Result<Vec<u8>> {
+    Ok(into_vec(data))
 }
 
-fn out_len(_: Option<Vec<u8>>, n: u64) -> usize {
-    n as usize
+fn out_len(_: Data, n: u64) -> Result<usize> {
+    Ok(n as usize)
 }
 
-fn out_unit(_: Option<Vec<u8>>, _: u64) {}
+fn out_unit(_: Data, _: u64) -> Result<()> {
+    Ok(())
+}
+
+/// The pieces' output lists, joined in order (sharing their segments) and cut at `n`, the
+/// end of the first short piece if any.
+fn out_buffer(data: Data, n: u64) -> Result<Buffer> {
+    let mut lists = match data {
+        Data::Lists(l) => l.into_iter(),
+        _ => Vec::new().into_iter(),
+    };
+    let Some(mut first) = lists.next() else {
+        return Buffer::zeroed(0);
+    };
+    for mut l in lists {
+        first.append(&mut l)?;
+    }
+    let mut b = Buffer::from_list(first)?;
+    b.truncate(n as usize);
+    Ok(b)
+}
+
+/// What [`Image::aio_start`] hands librbd.
+enum Payload<'a> {
+    None,
+    Vec(Vec<u8>),
+    /// A fresh output list per piece (zero-copy reads).
+    ReadLists,
+    /// The caller's list (zero-copy writes): librbd takes its own references.
+    WriteList(&'a RawList),
+}
 
 impl Image {
     /// Reads `buf.len()` bytes at `offset` (`rbd_aio_read2`); resolves to `buf`,
@@ -353,7 +421,7 @@ impl Image {
     /// Like [`Image::aio_read`], with hints for the OSD (`rbd_aio_read2`'s `op_flags`).
     pub fn aio_read_with(&self, offset: u64, buf: Vec<u8>, flags: IoFlags) -> AioFuture<Vec<u8>> {
         if buf.is_empty() {
-            return AioFuture::ready(Ok((Some(buf), 0)), out_vec);
+            return AioFuture::ready(Ok((Data::Vec(buf), 0)), out_vec);
         }
         let len = match self
             .size()
@@ -362,7 +430,7 @@ impl Image {
             Ok(l) => l,
             Err(e) => return AioFuture::ready(Err(e), out_vec),
         };
-        self.aio_start(Kind::Read, offset, len, Some(buf), flags, out_vec)
+        self.aio_start(Kind::Read, offset, len, Payload::Vec(buf), flags, out_vec)
     }
 
     /// Writes all of `data` at `offset` (`rbd_aio_write2`); resolves to `data.len()`.
@@ -400,11 +468,11 @@ impl Image {
         offset: u64,
         data: Vec<u8>,
         flags: IoFlags,
-        finish: fn(Option<Vec<u8>>, u64) -> T,
+        finish: Finish<T>,
     ) -> AioFuture<T> {
         let len = data.len() as u64;
         if len == 0 {
-            return AioFuture::ready(Ok((Some(data), 0)), finish);
+            return AioFuture::ready(Ok((Data::Vec(data), 0)), finish);
         }
         if let Err(e) = self
             .size()
@@ -412,7 +480,99 @@ impl Image {
         {
             return AioFuture::ready(Err(e), finish);
         }
-        self.aio_start(Kind::Write, offset, len, Some(data), flags, finish)
+        self.aio_start(Kind::Write, offset, len, Payload::Vec(data), flags, finish)
+    }
+
+    /// Reads `len` bytes at `offset` without copying them: resolves to the [`Buffer`] the
+    /// OSD's reply arrived in (`librbd::Image::aio_read2`, through rbd-core's C++ shim),
+    /// cut to the bytes read (fewer only when the image ends first).
+    ///
+    /// A read inside one object is zero-copy; one that spans objects arrives in several
+    /// pieces, which are copied once into one contiguous buffer. Fails with
+    /// `InvalidInput` when `offset` is at or past the end (and `len` is not 0).
+    pub fn aio_read_buffer(&self, offset: u64, len: usize) -> AioFuture<Buffer> {
+        self.aio_read_buffer_with(offset, len, IoFlags::empty())
+    }
+
+    /// Like [`Image::aio_read_buffer`], with hints for the OSD (`aio_read2`'s `op_flags`).
+    pub fn aio_read_buffer_with(
+        &self,
+        offset: u64,
+        len: usize,
+        flags: IoFlags,
+    ) -> AioFuture<Buffer> {
+        if len == 0 {
+            return AioFuture::ready(Ok((Data::None, 0)), out_buffer);
+        }
+        if len > crate::rbd::buffer::MAX_BUFFER_LEN {
+            return AioFuture::ready(
+                Err(Error::invalid(
+                    "read length",
+                    len.to_string(),
+                    format!(
+                        "a Buffer holds at most {} bytes",
+                        crate::rbd::buffer::MAX_BUFFER_LEN
+                    ),
+                )),
+                out_buffer,
+            );
+        }
+        let len = match self
+            .size()
+            .and_then(|size| self.clip_read(offset, len as u64, size))
+        {
+            Ok(l) => l,
+            Err(e) => return AioFuture::ready(Err(e), out_buffer),
+        };
+        self.aio_start(
+            Kind::ReadList,
+            offset,
+            len,
+            Payload::ReadLists,
+            flags,
+            out_buffer,
+        )
+    }
+
+    /// Writes all of `data` at `offset` without copying it (`librbd::Image::aio_write2`,
+    /// through rbd-core's C++ shim): librbd takes a reference to the same bytes. Resolves
+    /// to `data.len()`.
+    ///
+    /// `data` may be dropped, or written again elsewhere, as soon as this returns; it
+    /// stays immutable ([`Buffer::get_mut`] returns `None`) until librbd releases it,
+    /// which can be a little after the future resolves. The range must lie inside the
+    /// image, else it fails with `InvalidInput` and writes nothing. Through a read-only or
+    /// snapshot handle it fails with `ReadOnly`.
+    pub fn aio_write_buffer(&self, offset: u64, data: &Buffer) -> AioFuture<usize> {
+        self.aio_write_buffer_with(offset, data, IoFlags::empty())
+    }
+
+    /// Like [`Image::aio_write_buffer`], with hints for the OSD (`aio_write2`'s
+    /// `op_flags`).
+    pub fn aio_write_buffer_with(
+        &self,
+        offset: u64,
+        data: &Buffer,
+        flags: IoFlags,
+    ) -> AioFuture<usize> {
+        let len = data.len() as u64;
+        if len == 0 {
+            return AioFuture::ready(Ok((Data::None, 0)), out_len);
+        }
+        if let Err(e) = self
+            .size()
+            .and_then(|size| self.check_write_range("write range", offset, len, size))
+        {
+            return AioFuture::ready(Err(e), out_len);
+        }
+        self.aio_start(
+            Kind::WriteList,
+            offset,
+            len,
+            Payload::WriteList(data.raw()),
+            flags,
+            out_len,
+        )
     }
 
     /// Discards `len` bytes at `offset` (`rbd_aio_discard`), freeing their space. The range
@@ -431,12 +591,12 @@ impl Image {
 
     /// Completes once every write submitted before it is durable (`rbd_aio_flush`).
     pub fn aio_flush(&self) -> AioFuture<()> {
-        self.aio_start(Kind::Flush, 0, 0, None, IoFlags::empty(), out_unit)
+        self.aio_start(Kind::Flush, 0, 0, Payload::None, IoFlags::empty(), out_unit)
     }
 
     fn aio_ranged(&self, kind: Kind, what: &'static str, offset: u64, len: u64) -> AioFuture<()> {
         if len == 0 {
-            return AioFuture::ready(Ok((None, 0)), out_unit);
+            return AioFuture::ready(Ok((Data::None, 0)), out_unit);
         }
         if let Err(e) = self
             .size()
@@ -444,7 +604,7 @@ impl Image {
         {
             return AioFuture::ready(Err(e), out_unit);
         }
-        self.aio_start(kind, offset, len, None, IoFlags::empty(), out_unit)
+        self.aio_start(kind, offset, len, Payload::None, IoFlags::empty(), out_unit)
     }
 
     /// Submits `[offset, offset + len)` as one or more librbd requests behind one future.
@@ -454,12 +614,12 @@ impl Image {
         kind: Kind,
         offset: u64,
         len: u64,
-        mut buf: Option<Vec<u8>>,
+        payload: Payload<'_>,
         flags: IoFlags,
-        finish: fn(Option<Vec<u8>>, u64) -> T,
+        finish: Finish<T>,
     ) -> AioFuture<T> {
         let max = match kind {
-            Kind::Read | Kind::Write => self.max_request as u64,
+            Kind::Read | Kind::Write | Kind::ReadList | Kind::WriteList => self.max_request as u64,
             _ => crate::rbd::io::ZEROING_PIECE,
         };
         // A flush is one request with no range: model it as one 1-byte piece at 0.
@@ -470,17 +630,35 @@ impl Image {
         };
         let pieces = split(offset, span, max);
         let count = split_count(offset, span, max);
+        let mut write_list = None;
+        let mut data = match payload {
+            Payload::None => Data::None,
+            Payload::Vec(v) => Data::Vec(v),
+            Payload::ReadLists => match (0..count).map(|_| RawList::zeroed(0)).collect() {
+                Ok(lists) => Data::Lists(lists),
+                Err(e) => return AioFuture::ready(Err(e), finish),
+            },
+            Payload::WriteList(l) => {
+                write_list = Some(l);
+                Data::None
+            }
+        };
         let op = Arc::new(Op {
             slot: Mutex::new(Slot {
                 pending: count,
                 ..Slot::default()
             }),
         });
-        // Taken once; the Vec is not touched again until the operation is done (moving
-        // the Vec does not move its heap buffer).
-        let base: *mut u8 = buf
-            .as_mut()
-            .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
+        // Taken once; the Vec and the lists are not touched again until the operation is
+        // done (moving a Vec does not move its heap buffer; the lists are heap objects).
+        let base: *mut u8 = match &mut data {
+            Data::Vec(v) => v.as_mut_ptr(),
+            _ => std::ptr::null_mut(),
+        };
+        let outs: Vec<*mut c_void> = match &data {
+            Data::Lists(l) => l.iter().map(RawList::ptr).collect(),
+            _ => Vec::new(),
+        };
         let image = self.handle.ptr();
         for (i, (off, n)) in pieces.enumerate() {
             let rel = off - offset;
@@ -488,7 +666,7 @@ impl Image {
                 op: op.clone(),
                 rel_off: rel,
                 len: n,
-                read: kind == Kind::Read,
+                read: matches!(kind, Kind::Read | Kind::ReadList),
             }));
             let mut comp: sys::rbd_completion_t = std::ptr::null_mut();
             // SAFETY: `piece` is a leaked Box owned by the callback from now on; `comp` is
@@ -505,7 +683,11 @@ impl Image {
                 // fires by the Arc in the future (or parked for the reaper). For reads and
                 // writes, `p` points into the operation's own buffer, valid for `n` bytes
                 // (rel + n <= len <= buf.len()), which is neither accessed nor moved nor
-                // freed until the completion fires. `comp` is a fresh completion.
+                // freed until the completion fires. For list reads, `outs[i]` is this
+                // piece's own empty list, owned by the operation (parked with it) and not
+                // touched until the completion fires. For list writes, the caller's list
+                // is alive for this call, which only shares its segments into librbd's own
+                // list (`rel + n <= len`, its length). `comp` is a fresh completion.
                 unsafe {
                     match kind {
                         Kind::Read => {
@@ -514,6 +696,23 @@ impl Image {
                         Kind::Write => {
                             sys::rbd_aio_write2(image, off, n_sz, p.cast(), comp, flags.bits())
                         }
+                        Kind::ReadList => sys::shim::rbdcore_aio_read(
+                            image,
+                            off,
+                            n_sz,
+                            outs[i],
+                            comp,
+                            flags.bits(),
+                        ),
+                        Kind::WriteList => sys::shim::rbdcore_aio_write(
+                            image,
+                            off,
+                            write_list.map_or(std::ptr::null(), |l| l.ptr()),
+                            rel as usize,
+                            n_sz,
+                            comp,
+                            flags.bits(),
+                        ),
                         Kind::Discard => sys::rbd_aio_discard(image, off, n, comp),
                         Kind::WriteZeroes => {
                             sys::rbd_aio_write_zeroes(image, off, n_sz, comp, 0, flags.bits())
@@ -546,7 +745,7 @@ impl Image {
             state: State::Running(Running {
                 op,
                 image: Some(self.handle.clone()),
-                buf,
+                data,
                 kind,
                 len,
             }),
@@ -569,7 +768,7 @@ mod tests {
 
     #[test]
     fn ready_futures_resolve() {
-        let f = AioFuture::ready(Ok((Some(vec![1, 2, 3]), 2)), out_vec);
+        let f = AioFuture::ready(Ok((Data::Vec(vec![1, 2, 3]), 2)), out_vec);
         assert!(f.is_complete());
         assert_eq!(f.wait().unwrap(), vec![1, 2]);
         let f: AioFuture<usize> = AioFuture::ready(Err(Error::invalid("x", "y", "z")), out_len);
@@ -621,7 +820,7 @@ mod tests {
         assert!(reaper().is_some());
         lock(&op.slot).parked = Some(Parked {
             image: None,
-            buf: Some(vec![0u8; 1 << 20]),
+            data: Data::Vec(vec![0u8; 1 << 20]),
         });
         op.complete_piece(0, 1, false, 0);
         let s = lock(&op.slot);

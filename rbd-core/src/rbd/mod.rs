@@ -2,6 +2,7 @@
 //! the [`Image`] handle with its info, snapshots, locks, metadata, watchers and I/O.
 
 pub mod aio;
+pub mod buffer;
 pub mod clone;
 pub mod create;
 pub mod diff;
@@ -51,6 +52,7 @@ pub fn validate_image_name(what: &'static str, name: &str) -> Result<()> {
 }
 
 pub use aio::AioFuture;
+pub use buffer::Buffer;
 pub use clone::{LinkedImageSpec, ParentInfo, SnapSpec, clone_image};
 pub use create::{
     CloneFormat, Features, ImageFormat, ImageOptions, ImageSpec, create, list, order_of,

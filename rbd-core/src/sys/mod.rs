@@ -17,3 +17,5 @@
 )]
 
 include!("bindings.rs");
+
+pub mod shim;
