@@ -90,6 +90,21 @@ void* rbdcore_buf_new(size_t len) noexcept {
   }
 }
 
+// A new list holding a copy of `len` bytes at `data`, in one segment; null on ENOMEM or
+// when `len` does not fit a segment.
+void* rbdcore_buf_copy(const char* data, size_t len) noexcept {
+  if (!fits_unsigned(len)) return nullptr;
+  try {
+    auto* bl = new bufferlist;
+    if (len > 0) {
+      bl->push_back(ceph::buffer::copy(data, static_cast<unsigned>(len)));
+    }
+    return bl;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 // A new list that shares `other`'s segments (no data is copied); null on ENOMEM.
 void* rbdcore_buf_share(const void* other) noexcept {
   try {

@@ -42,6 +42,17 @@ use crate::sys::shim;
 /// Largest [`Buffer`]: one `bufferlist` segment's length is an `unsigned`.
 pub const MAX_BUFFER_LEN: usize = u32::MAX as usize;
 
+fn check_len(len: usize) -> Result<()> {
+    if len > MAX_BUFFER_LEN {
+        return Err(Error::invalid(
+            "buffer length",
+            len.to_string(),
+            format!("must be at most {MAX_BUFFER_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// One heap-allocated `ceph::bufferlist`, created by the shim and freed once, on drop.
 pub(crate) struct RawList(NonNull<c_void>);
 
@@ -56,13 +67,7 @@ unsafe impl Sync for RawList {}
 impl RawList {
     /// A list of `len` zeroed bytes in one segment (`rbdcore_buf_new`).
     pub(crate) fn zeroed(len: usize) -> Result<RawList> {
-        if len > MAX_BUFFER_LEN {
-            return Err(Error::invalid(
-                "buffer length",
-                len.to_string(),
-                format!("must be at most {MAX_BUFFER_LEN} bytes"),
-            ));
-        }
+        check_len(len)?;
         // SAFETY: no preconditions; null means ENOMEM (the length was checked).
         let p = unsafe { shim::rbdcore_buf_new(len) };
         NonNull::new(p)
@@ -129,13 +134,17 @@ impl Buffer {
         Buffer::from_list(RawList::zeroed(len)?)
     }
 
-    /// A copy of `data` (the one copy; after this, writes share it).
+    /// A copy of `data` in one segment (the one copy; after this, writes share it).
+    /// Fails with `InvalidInput` above [`MAX_BUFFER_LEN`].
     pub fn from_slice(data: &[u8]) -> Result<Buffer> {
-        let mut b = Buffer::zeroed(data.len())?;
-        b.get_mut()
-            .expect("a new buffer is not shared")
-            .copy_from_slice(data);
-        Ok(b)
+        check_len(data.len())?;
+        // SAFETY: `data` is valid for `data.len()` bytes and only read; null means ENOMEM
+        // (the length was checked).
+        let p = unsafe { shim::rbdcore_buf_copy(data.as_ptr(), data.len()) };
+        let list = NonNull::new(p)
+            .map(RawList)
+            .ok_or_else(|| Error::from_errno("rbdcore_buf_copy", libc::ENOMEM, Context::none()))?;
+        Buffer::from_list(list)
     }
 
     /// Wraps a list, making it contiguous first (`rbdcore_buf_contiguous`): a list of one
@@ -283,6 +292,12 @@ mod tests {
         let b = Buffer::from_slice(b"hello").unwrap();
         assert_eq!(b.as_slice(), b"hello");
         assert_eq!(b.to_vec(), b"hello".to_vec());
+        let mut w = b.clone();
+        assert!(w.get_mut().is_none(), "shared with `b`");
+        drop(b);
+        w.get_mut().unwrap()[0] = b'j';
+        assert_eq!(&w[..], b"jello");
+        assert!(Buffer::from_slice(b"").unwrap().is_empty());
         let mut e = Buffer::zeroed(0).unwrap();
         assert!(e.is_empty());
         assert_eq!(e.get_mut().unwrap().len(), 0);

@@ -14,6 +14,9 @@ unsafe extern "C" {
     /// A new list of `len` zeroed bytes in one page-aligned segment; null on ENOMEM or
     /// when `len` is over `u32::MAX`.
     pub fn rbdcore_buf_new(len: usize) -> *mut c_void;
+    /// A new list holding a copy of `len` bytes at `data` in one segment; null on ENOMEM
+    /// or when `len` is over `u32::MAX`.
+    pub fn rbdcore_buf_copy(data: *const u8, len: usize) -> *mut c_void;
     /// A new list sharing `other`'s segments (no copy); null on ENOMEM.
     pub fn rbdcore_buf_share(other: *const c_void) -> *mut c_void;
     /// Moves `src`'s segments to the end of `dst` (no copy); `src` is left empty.

@@ -56,11 +56,30 @@ pub(crate) enum IoError {
 /// An I/O in flight.
 pub(crate) type IoFuture<T> = Pin<Box<dyn Future<Output = Result<T, IoError>> + Send>>;
 
+/// The bytes of a completed read.
+pub(crate) enum ReadBuf {
+    /// Read into memory of our own (the test backends).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Vec(Vec<u8>),
+    /// The buffer librbd's reply arrived in (no copy).
+    Buffer(rbd_core::Buffer),
+}
+
+impl std::ops::Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBuf::Vec(v) => v,
+            ReadBuf::Buffer(b) => b,
+        }
+    }
+}
+
 /// Where the bytes live. Methods submit at once and return the completion, which may be
 /// polled from any thread.
 pub(crate) trait BlockBackend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset` (short only at the end of the device).
-    fn read(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>>;
+    fn read(&self, offset: u64, len: usize) -> IoFuture<ReadBuf>;
     /// Writes `data` at `offset` (copied before this returns); returns the bytes
     /// written.
     fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize>;
@@ -69,8 +88,6 @@ pub(crate) trait BlockBackend: Send + Sync + 'static {
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()>;
     /// Makes completed writes durable.
     fn flush(&self) -> IoFuture<()>;
-    /// Takes back a buffer that [`BlockBackend::read`] returned, once replied.
-    fn recycle(&self, _buf: Vec<u8>) {}
 }
 
 /// Counters, for the log.
@@ -599,7 +616,6 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
         self.shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         let io = self.backend.read(offset, len as usize);
         let shared = self.shared.clone();
-        let backend = self.backend.clone();
         self.shared.submit(io, move |r| match r {
             Ok(buf) => {
                 shared
@@ -607,7 +623,6 @@ impl<B: BlockBackend> Filesystem for ImageFs<B> {
                     .bytes_read
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 reply.data(&buf);
-                backend.recycle(buf);
             }
             Err(e) => reply.error(e),
         });
@@ -809,12 +824,12 @@ mod tests {
     }
 
     impl BlockBackend for FileBackend {
-        fn read(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>> {
+        fn read(&self, offset: u64, len: usize) -> IoFuture<ReadBuf> {
             self.run(move |f| {
                 let mut buf = vec![0u8; len];
                 let n = f.read_at(&mut buf, offset)?;
                 buf.truncate(n);
-                Ok(buf)
+                Ok(ReadBuf::Vec(buf))
             })
         }
         fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize> {

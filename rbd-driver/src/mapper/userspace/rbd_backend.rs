@@ -1,91 +1,28 @@
-//! The mapper's [`BlockBackend`]: an open RBD image through rbd-core's asynchronous I/O
-//! (`rbd_aio_*`).
+//! The mapper's [`BlockBackend`]: an open RBD image through rbd-core's asynchronous,
+//! zero-copy I/O ([`Image::aio_read_buffer`], [`Image::aio_write_buffer`]): a read is
+//! replied to the kernel straight from the buffer the OSD's reply arrived in, and a
+//! write's bytes are copied once, out of the FUSE request, into the buffer librbd sends.
 //!
 //! The image sits behind a lock so that teardown can [take it away](RbdBackend::take)
 //! and close it while the FUSE session may still hold the backend: requests after that
 //! fail with `EIO`.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use rbd_core::{ErrorKind, Image};
+use rbd_core::{Buffer, ErrorKind, Image};
 
-use super::fusefs::{BlockBackend, IoError, IoFuture};
-
-/// I/O buffers kept for reuse, per size class (powers of two from 4 KiB to 1 MiB):
-/// allocating (and, for reads, zeroing) a fresh megabyte per request costs more than the
-/// copy itself.
-#[derive(Debug, Default)]
-struct BufPool {
-    classes: [Mutex<Vec<Vec<u8>>>; POOL_CLASSES],
-}
-
-/// Size classes: 4 KiB << 0..=8.
-const POOL_CLASSES: usize = 9;
-/// Buffers kept per class.
-const POOL_DEPTH: usize = 64;
-
-impl BufPool {
-    fn class(len: usize) -> Option<usize> {
-        let c = len.max(4096).next_power_of_two().trailing_zeros() as usize - 12;
-        (c < POOL_CLASSES).then_some(c)
-    }
-
-    /// An empty buffer with room for `len` bytes.
-    fn get_empty(&self, len: usize) -> Vec<u8> {
-        if let Some(c) = Self::class(len) {
-            let popped = self.classes[c]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
-            let mut b = popped.unwrap_or_else(|| Vec::with_capacity(4096 << c));
-            b.clear();
-            return b;
-        }
-        Vec::with_capacity(len)
-    }
-
-    /// A buffer of exactly `len` bytes (contents unspecified: librbd overwrites them).
-    fn get(&self, len: usize) -> Vec<u8> {
-        if let Some(c) = Self::class(len) {
-            let popped = self.classes[c]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
-            if let Some(mut b) = popped {
-                b.resize(len, 0);
-                return b;
-            }
-            let mut b = Vec::with_capacity(4096 << c);
-            b.resize(len, 0);
-            return b;
-        }
-        vec![0u8; len]
-    }
-
-    fn put(&self, buf: Vec<u8>) {
-        if let Some(c) = Self::class(buf.capacity())
-            && buf.capacity() == 4096 << c
-        {
-            let mut v = self.classes[c].lock().unwrap_or_else(|p| p.into_inner());
-            if v.len() < POOL_DEPTH {
-                v.push(buf);
-            }
-        }
-    }
-}
+use super::fusefs::{BlockBackend, IoError, IoFuture, ReadBuf};
 
 /// An image served over FUSE.
 #[derive(Debug)]
 pub(crate) struct RbdBackend {
     image: RwLock<Option<Arc<Image>>>,
-    pool: Arc<BufPool>,
 }
 
 impl RbdBackend {
     pub(crate) fn new(image: Arc<Image>) -> Self {
         Self {
             image: RwLock::new(Some(image)),
-            pool: Arc::new(BufPool::default()),
         }
     }
 
@@ -128,59 +65,24 @@ pub(crate) fn classify(e: rbd_core::Error) -> IoError {
 }
 
 impl BlockBackend for RbdBackend {
-    fn read(&self, offset: u64, len: usize) -> IoFuture<Vec<u8>> {
-        let buf = self.pool.get(len);
-        self.with(|i| i.aio_read(offset, buf))
+    fn read(&self, offset: u64, len: usize) -> IoFuture<ReadBuf> {
+        let io = self.with(|i| i.aio_read_buffer(offset, len));
+        Box::pin(async move { io.await.map(ReadBuf::Buffer) })
     }
     fn write(&self, offset: u64, data: &[u8]) -> IoFuture<usize> {
-        let mut buf = self.pool.get_empty(data.len());
-        buf.extend_from_slice(data);
-        let n = data.len();
-        let pool = self.pool.clone();
-        let io = self.with(|i| i.aio_write_buf(offset, buf));
-        Box::pin(async move {
-            let buf = io.await?;
-            pool.put(buf);
-            Ok(n)
-        })
+        // FUSE requests are at most 1 MiB: far below a Buffer's limit, so this fails only
+        // when out of memory.
+        let buf = match Buffer::from_slice(data) {
+            Ok(b) => b,
+            Err(e) => return Box::pin(async move { Err(classify(e)) }),
+        };
+        // librbd holds its own reference to the bytes; ours can go now.
+        self.with(|i| i.aio_write_buffer(offset, &buf))
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> IoFuture<()> {
         self.with(|i| i.aio_write_zeroes(offset, len))
     }
     fn flush(&self) -> IoFuture<()> {
         self.with(|i| i.aio_flush())
-    }
-    fn recycle(&self, buf: Vec<u8>) {
-        self.pool.put(buf);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_reuses_buffers_by_size_class() {
-        let p = BufPool::default();
-        assert_eq!(BufPool::class(1), Some(0));
-        assert_eq!(BufPool::class(4096), Some(0));
-        assert_eq!(BufPool::class(4097), Some(1));
-        assert_eq!(BufPool::class(1 << 20), Some(8));
-        assert_eq!(BufPool::class((1 << 20) + 1), None);
-        let b = p.get(1 << 20);
-        assert_eq!(b.len(), 1 << 20);
-        let ptr = b.as_ptr();
-        p.put(b);
-        let b = p.get(700 * 1024);
-        assert_eq!(b.len(), 700 * 1024);
-        assert_eq!(b.as_ptr(), ptr, "the same buffer, reused");
-        p.put(b);
-        let w = p.get_empty(4096);
-        assert!(w.is_empty() && w.capacity() >= 4096);
-        p.put(w);
-        let b = p.get(3 << 20);
-        assert_eq!(b.len(), 3 << 20);
-        p.put(b); // too big for the pool: just dropped
-        assert!(p.classes.iter().all(|c| c.lock().unwrap().len() <= 1));
     }
 }
