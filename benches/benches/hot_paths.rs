@@ -136,6 +136,21 @@ fn cluster(c: &mut Criterion) {
             buf = Some(img.aio_read(4096, data).wait().expect("aio read"));
         })
     });
+    g.bench_function("aio_read_buffer_wait", |b| {
+        b.iter(|| {
+            img.aio_read_buffer(4096, 4096)
+                .wait()
+                .expect("zero-copy read")
+        })
+    });
+    g.bench_function("aio_write_buffer_wait", |b| {
+        let data = rbd_core::Buffer::from_slice(&[0x44u8; 4096]).expect("buffer");
+        b.iter(|| {
+            img.aio_write_buffer(8192, &data)
+                .wait()
+                .expect("zero-copy write")
+        })
+    });
     g.bench_function("sync_read", |b| {
         let mut buf = vec![0u8; 4096];
         b.iter(|| img.read_at(4096, &mut buf).expect("read"))
