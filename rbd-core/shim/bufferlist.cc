@@ -10,7 +10,8 @@
 // * rbdcore_buf_*: an owned, heap-allocated ceph::bufferlist (create, share, inspect,
 //   free);
 // * rbdcore_aio_read / rbdcore_aio_write: librbd::Image::aio_read2 / aio_write2 on an
-//   image handle opened through the C API.
+//   image handle opened through the C API (looked up with dlsym, so this file does not
+//   need librbd at link time; -ENOSYS if librbd lacks them).
 //
 // Every function is noexcept at the ABI: C++ exceptions (only std::bad_alloc can come from
 // what is called here) become -ENOMEM / a null pointer.
@@ -22,47 +23,82 @@
 #include <rbd/librbd.h>
 #include <rbd/librbd.hpp>
 
+#include <dlfcn.h>
+
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 
 using ceph::bufferlist;
 
 namespace {
 
-// librbd::Image keeps its handle in the private member `ctx`, an `image_ctx_t`. It is the
-// same pointer the C API hands out as rbd_image_t (both are librbd::ImageCtx*; librbd.cc
-// casts either one to ImageCtx* and nothing else). The C++ API has no constructor from a C
-// handle, so the handle is placed into an Image through a pointer to that member, taken
-// with the explicit-instantiation rule: access checking does not apply to the template
-// arguments of an explicit instantiation ([temp.spec.general]/6 in C++20, [temp.explicit]
-// /12 in C++17). This depends only on the member's name and type in the public header,
-// not on the class layout.
-struct ImageCtxMember {
-  using type = librbd::image_ctx_t librbd::Image::*;
-};
-template <typename Tag, typename Tag::type Member>
-struct ExposeMember {
-  friend typename Tag::type member_of(Tag) { return Member; }
-};
-ImageCtxMember::type member_of(ImageCtxMember);
-template struct ExposeMember<ImageCtxMember, &librbd::Image::ctx>;
+// librbd::Image is exactly its handle: its one data member, `ctx`, is the ImageCtx pointer
+// that the C API hands out as rbd_image_t (librbd.cc casts either one to ImageCtx* and
+// nothing else), and it has no virtual functions or bases.
+static_assert(std::is_standard_layout<librbd::Image>::value &&
+                  sizeof(librbd::Image) == sizeof(rbd_image_t),
+              "librbd::Image is no longer just its ImageCtx pointer");
 
-// A librbd::Image that borrows a C handle for one call. Its destructor runs
-// Image::~Image, which closes the handle unless `ctx` is null, so the handle is taken
-// back out first: the caller keeps owning it.
-class BorrowedImage {
- public:
-  explicit BorrowedImage(rbd_image_t handle) { image_.*member_of(ImageCtxMember{}) = handle; }
-  ~BorrowedImage() { image_.*member_of(ImageCtxMember{}) = nullptr; }
-  BorrowedImage(const BorrowedImage&) = delete;
-  BorrowedImage& operator=(const BorrowedImage&) = delete;
-  librbd::Image& get() { return image_; }
+// librbd::Image::aio_read2 / aio_write2 are called through addresses looked up with
+// dlsym, not linked: rbd-core may load librbd only on first use (dlopen), so nothing in
+// this file may need librbd at link time. By the Itanium C++ ABI (x86-64, aarch64, ...),
+// a non-virtual member function is called like a free function whose first argument is
+// `this` and whose reference parameters are pointers; these are those signatures.
+using AioRead2 = int (*)(librbd::Image* self, uint64_t off, size_t len, bufferlist* bl,
+                         librbd::RBD::AioCompletion* c, int op_flags);
+using AioWrite2 = AioRead2;
 
- private:
-  librbd::Image image_;
+// The Itanium manglings of the two declarations in <rbd/librbd.hpp>:
+//   int Image::aio_read2(uint64_t off, size_t len, ceph::bufferlist& bl,
+//                        RBD::AioCompletion* c, int op_flags);
+//   int Image::aio_write2(uint64_t off, size_t len, ceph::bufferlist& bl,
+//                         RBD::AioCompletion* c, int op_flags);
+// with bufferlist = ceph::buffer::v15_2_0::list (the inline namespace of Ceph 15.2 and
+// later). The static_asserts below tie the types to the headers we compile against.
+constexpr const char* kAioRead2 =
+    "_ZN6librbd5Image9aio_read2EmmRN4ceph6buffer7v15_2_04listEPNS_3RBD13AioCompletionEi";
+constexpr const char* kAioWrite2 =
+    "_ZN6librbd5Image10aio_write2EmmRN4ceph6buffer7v15_2_04listEPNS_3RBD13AioCompletionEi";
+static_assert(std::is_same<ceph::bufferlist, ceph::buffer::v15_2_0::list>::value,
+              "bufferlist's inline namespace changed: update the manglings");
+static_assert(std::is_same<decltype(&librbd::Image::aio_read2),
+                           int (librbd::Image::*)(uint64_t, size_t, ceph::bufferlist&,
+                                                  librbd::RBD::AioCompletion*, int)>::value,
+              "Image::aio_read2's signature changed: update the mangling");
+static_assert(std::is_same<decltype(&librbd::Image::aio_write2),
+                           int (librbd::Image::*)(uint64_t, size_t, ceph::bufferlist&,
+                                                  librbd::RBD::AioCompletion*, int)>::value,
+              "Image::aio_write2's signature changed: update the mangling");
+static_assert(std::is_same<uint64_t, unsigned long>::value &&
+                  std::is_same<size_t, unsigned long>::value,
+              "the manglings assume uint64_t and size_t are unsigned long ('m')");
+
+// Looks `name` up among the loaded libraries (librbd is loaded, linked or with
+// RTLD_GLOBAL, whenever an image is open), caching a success.
+void* resolve(std::atomic<void*>& cache, const char* name) {
+  void* f = cache.load(std::memory_order_acquire);
+  if (f == nullptr) {
+    f = dlsym(RTLD_DEFAULT, name);
+    if (f != nullptr) cache.store(f, std::memory_order_release);
+  }
+  return f;
+}
+
+std::atomic<void*> aio_read2_fn{nullptr};
+std::atomic<void*> aio_write2_fn{nullptr};
+
+// An Image-shaped view of a C handle: the `this` for one call. The called functions only
+// read `ctx` (they never close or replace it), and the handle stays owned by the caller.
+struct ImageView {
+  alignas(librbd::Image) unsigned char bytes[sizeof(librbd::Image)];
+  explicit ImageView(rbd_image_t handle) { std::memcpy(bytes, &handle, sizeof handle); }
+  librbd::Image* get() { return reinterpret_cast<librbd::Image*>(bytes); }
 };
 
 bufferlist* as_list(void* p) { return static_cast<bufferlist*>(p); }
@@ -157,13 +193,14 @@ int rbdcore_buf_make_writable(void* bl) noexcept {
 int rbdcore_aio_read(rbd_image_t image, uint64_t off, size_t len, void* out,
                      rbd_completion_t c, int op_flags) noexcept {
   try {
+    auto f = reinterpret_cast<AioRead2>(resolve(aio_read2_fn, kAioRead2));
+    if (f == nullptr) return -ENOSYS;
     auto* list = as_list(out);
     list->clear();
-    BorrowedImage img(image);
+    ImageView img(image);
     // rbd_completion_t is a librbd::RBD::AioCompletion* (rbd_aio_create_completion
     // creates one and casts it).
-    return img.get().aio_read2(off, len, *list, static_cast<librbd::RBD::AioCompletion*>(c),
-                               op_flags);
+    return f(img.get(), off, len, list, static_cast<librbd::RBD::AioCompletion*>(c), op_flags);
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   } catch (...) {
@@ -182,11 +219,13 @@ int rbdcore_aio_write(rbd_image_t image, uint64_t off, const void* data, size_t 
         data_off + len > list->length()) {
       return -EINVAL;
     }
+    auto f = reinterpret_cast<AioWrite2>(resolve(aio_write2_fn, kAioWrite2));
+    if (f == nullptr) return -ENOSYS;
     bufferlist piece;
     piece.substr_of(*list, static_cast<unsigned>(data_off), static_cast<unsigned>(len));
-    BorrowedImage img(image);
-    return img.get().aio_write2(off, len, piece, static_cast<librbd::RBD::AioCompletion*>(c),
-                                op_flags);
+    ImageView img(image);
+    return f(img.get(), off, len, &piece, static_cast<librbd::RBD::AioCompletion*>(c),
+             op_flags);
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   } catch (...) {

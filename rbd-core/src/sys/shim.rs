@@ -32,7 +32,8 @@ unsafe extern "C" {
     /// 1 if no other list shares any of this list's segments (then cached checksums are
     /// dropped, so its bytes may be changed), else 0.
     pub fn rbdcore_buf_make_writable(list: *mut c_void) -> i32;
-    /// `librbd::Image::aio_read2` of `len` bytes at `off` into `out`.
+    /// `librbd::Image::aio_read2` of `len` bytes at `off` into `out` (looked up with
+    /// `dlsym`; -ENOSYS if librbd lacks it).
     pub fn rbdcore_aio_read(
         image: rbd_image_t,
         off: u64,
@@ -42,7 +43,8 @@ unsafe extern "C" {
         op_flags: i32,
     ) -> i32;
     /// `librbd::Image::aio_write2` of `len` bytes of `data` from `data_off`, at `off`,
-    /// sharing the bytes with librbd.
+    /// sharing the bytes with librbd (looked up with `dlsym`; -ENOSYS if librbd lacks
+    /// it).
     pub fn rbdcore_aio_write(
         image: rbd_image_t,
         off: u64,
