@@ -60,6 +60,12 @@ pub fn driver_config(cfg: &PluginConfig) -> Result<DriverConfig> {
     // idle memory").
     d.client_options
         .push(("ms_async_op_threads".into(), "1".into()));
+    // Ceph keeps the last `log_max_recent` log entries (about 1 KiB each, gathered at the
+    // debug levels' second value even when nothing is written) to dump if the client
+    // crashes: 500 by default for a client, half a megabyte held for good. The last 100
+    // still show what led up to a crash.
+    d.client_options
+        .push(("log_max_recent".into(), "100".into()));
     Ok(d)
 }
 
