@@ -1,6 +1,6 @@
-//! Links librados and librbd by name: Debian ships no pkg-config files for them.
+//! Links librados by name: Debian ships no pkg-config file for it. librbd is not linked:
+//! it is loaded on first use (src/librbd.rs).
 fn main() {
     println!("cargo:rustc-link-lib=dylib=rados");
-    println!("cargo:rustc-link-lib=dylib=rbd");
     println!("cargo:rerun-if-changed=build.rs");
 }
