@@ -1,7 +1,8 @@
 //! Builds rbd-core's C++ shim (`shim/bufferlist.cc`: zero-copy I/O through librbd's C++
-//! bufferlist API) and links librados and librbd by name: Debian ships no pkg-config
-//! files for them. The shim needs g++ and the C++ headers of librbd-dev and
-//! libradospp-dev (`scripts/install-deps.sh` installs them).
+//! bufferlist API; it needs g++ and the C++ headers of librbd-dev and libradospp-dev,
+//! which `scripts/install-deps.sh` installs) and links librados by name: Debian ships no
+//! pkg-config file for it. librbd is not linked: it is loaded on first use
+//! (src/librbd.rs), and the shim looks up the two librbd functions it calls with dlsym.
 fn main() {
     cc::Build::new()
         .cpp(true)
@@ -13,7 +14,6 @@ fn main() {
         .warnings_into_errors(true)
         .compile("rbdcore_shim");
     println!("cargo:rustc-link-lib=dylib=rados");
-    println!("cargo:rustc-link-lib=dylib=rbd");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=shim/bufferlist.cc");
 }

@@ -44,4 +44,16 @@ bindgen "$hdr" \
   -o "$out" \
   -- -D_FILE_OFFSET_BITS=64
 
+# librbd is not linked (rbd-core loads it on first use, src/librbd.rs): its functions move
+# out of the extern block into `lazy_librbd! { ... }` (src/sys/mod.rs), which turns each
+# declaration into a wrapper of the same signature. --sort-semantically puts every rbd_
+# function after every rados_ one.
+awk '!moved && /^    pub fn rbd_/ { print "}"; print "lazy_librbd! {"; moved = 1 } { print }' \
+  "$out" > "$out.tmp"
+mv "$out.tmp" "$out"
+grep -q '^lazy_librbd! {' "$out" || { echo "regen-bindings: no rbd_ functions in $out" >&2; exit 1; }
+if sed -n '/^lazy_librbd! {/,$p' "$out" | grep -q 'pub fn rados_'; then
+  echo "regen-bindings: a rados_ function follows the rbd_ ones in $out" >&2; exit 1
+fi
+
 echo "regen-bindings: wrote $out ($(wc -l < "$out") lines) with $(bindgen --version)"

@@ -2,8 +2,8 @@
 # Builds the managed Docker plugin from the locally built binaries (no registry):
 # assembles a rootfs holding docker-volume-rbd, the userspace mapper rbd-umap, the mkfs /
 # fsck / grow tools the driver runs, and every shared library they load (the ldd closure,
-# including librados/librbd and the Ceph plugins librados dlopens from
-# /usr/lib/x86_64-linux-gnu/ceph/{crypto,compressor}); then `docker plugin create` and,
+# including librados, librbd (which rbd-core dlopens on first use) and the Ceph plugins
+# librados dlopens from /usr/lib/x86_64-linux-gnu/ceph/{crypto,compressor}); then `docker plugin create` and,
 # unless --no-enable, `docker plugin set` + `docker plugin enable`.
 #
 # usage: docker/plugin/build.sh [options]
@@ -157,6 +157,14 @@ for t in "${OPTIONAL_TOOLS[@]}"; do
     log "note: $t not found; not included"
   fi
 done
+
+# rbd-core loads librbd at run time (dlopen on first use, so an idle plugin does not carry
+# it); ldd cannot see it either.
+LIBRBD=$(ldconfig -p 2>/dev/null | awk '$1 == "librbd.so.1" && /x86-64/ { print $NF; exit }')
+[ -n "$LIBRBD" ] || LIBRBD=/usr/lib/x86_64-linux-gnu/librbd.so.1
+[ -e "$LIBRBD" ] || die "librbd.so.1 not found (is librbd1 installed?)"
+copy_with_libs "$LIBRBD"
+copy_with_libs "$(realpath "$LIBRBD")"
 
 # librados loads its crypto and compression plugins at run time (dlopen): ldd cannot see
 # them.

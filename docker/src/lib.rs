@@ -12,12 +12,14 @@
 //!   HTTP server with clean shutdown.
 //! - [`config`]: defaults, config file, environment, flags.
 //! - [`rbd`]: the real backend, `rbd_driver::volume::Driver`.
+//! - [`memory`]: handing the dead start-up stack back to the kernel.
 //! - [`app`]: start-up: bind, connect the driver in the background, serve until a signal.
 
 pub mod app;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod memory;
 pub mod protocol;
 pub mod rbd;
 pub mod rfc3339;

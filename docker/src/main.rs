@@ -51,6 +51,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Ceph's static constructors ran on this stack before main; their frames are dead.
+    let released = docker_volume_rbd::memory::release_unused_stack();
     let cli = Cli::parse();
     let overrides = Overrides {
         config: cli.config,
@@ -70,6 +72,10 @@ fn main() -> ExitCode {
             cfg.log
         );
         return ExitCode::from(1);
+    }
+    match released {
+        Ok(n) => tracing::debug!("released {} KiB of dead start-up stack", n / 1024),
+        Err(e) => tracing::debug!("cannot release the dead start-up stack: {e}"),
     }
     let dcfg = match driver_config(&cfg) {
         Ok(d) => d,

@@ -274,6 +274,7 @@ pub struct Service {
     backend: BackendSlot,
     deadlines: Deadlines,
     generation: AtomicU64,
+    handled: AtomicU64,
     lists: Arc<Flights<Vec<VolumeEntry>>>,
     gets: Arc<Flights<VolumeEntry>>,
     paths: Arc<Flights<Option<PathBuf>>>,
@@ -289,6 +290,7 @@ impl Service {
             backend,
             deadlines,
             generation: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
             lists: Flights::new(),
             gets: Flights::new(),
             paths: Flights::new(),
@@ -301,8 +303,19 @@ impl Service {
         self.deadlines
     }
 
+    /// How many requests have been answered so far.
+    pub fn requests_handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
     /// Answers one request to `endpoint` with JSON `body`.
     pub async fn handle(&self, endpoint: Endpoint, body: &[u8]) -> Reply {
+        let reply = self.answer(endpoint, body).await;
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        reply
+    }
+
+    async fn answer(&self, endpoint: Endpoint, body: &[u8]) -> Reply {
         match endpoint {
             Endpoint::Activate => Reply::ok(&ActivateResponse {
                 implements: vec![IMPLEMENTS.to_string()],

@@ -233,6 +233,14 @@ pub enum Error {
         /// The minimum version.
         required: String,
     },
+    /// A library could not be loaded (`dlopen` or `dlsym` failed).
+    #[error("cannot load {library}: {reason}")]
+    LibraryLoad {
+        /// `librbd`.
+        library: &'static str,
+        /// The loader's message.
+        reason: String,
+    },
     /// A reply from the cluster could not be decoded.
     #[error("{op}{} returned a reply that could not be decoded", ctx_suffix(.ctx))]
     Decode {
@@ -329,6 +337,7 @@ impl Error {
             Error::Ceph { kind, .. } | Error::Command { kind, .. } => *kind,
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,
             Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            Error::LibraryLoad { .. } => ErrorKind::NotSupported,
             Error::Decode { .. } => ErrorKind::Other,
             Error::Timeout { .. } => ErrorKind::Timeout,
         }

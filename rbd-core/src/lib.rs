@@ -20,6 +20,9 @@
 //!
 //! Each wrapper's documentation names the C function it implements, as go-ceph does.
 //!
+//! librados is linked; librbd is loaded on first use ([`librbd`]): [`Rados::connect`]
+//! loads it unless [`ConnectOptions::defer_librbd`] is set.
+//!
 //! # Example
 //!
 //! Connect, create an image, write and read it synchronously and asynchronously, then
@@ -83,6 +86,7 @@
 pub mod addr;
 pub mod error;
 pub mod ioctx;
+pub mod librbd;
 pub mod mon;
 pub mod object;
 pub mod omap;

@@ -78,6 +78,7 @@ pub struct ConnectOptions {
     key: Option<String>,
     options: Vec<(String, String)>,
     timeouts: Timeouts,
+    defer_librbd: bool,
 }
 
 impl ConnectOptions {
@@ -140,6 +141,15 @@ impl ConnectOptions {
         self.timeouts = t;
         self
     }
+    /// Does not load librbd at connect: it is loaded by the first librbd call instead
+    /// (see [`crate::librbd`]), or by [`crate::librbd::load`], which reports a missing or
+    /// too old librbd as an error. For a process that may never need it (the Docker plugin
+    /// while idle uses RADOS only) this saves the ~5 MiB librbd takes once loaded; a
+    /// librbd call before a successful `load` aborts the process if librbd is missing.
+    pub fn defer_librbd(mut self) -> Self {
+        self.defer_librbd = true;
+        self
+    }
     /// The timeouts these options will apply.
     pub fn get_timeouts(&self) -> Timeouts {
         self.timeouts
@@ -197,7 +207,8 @@ pub struct LibVersions {
     pub librbd: (i32, i32, i32),
 }
 
-/// Reads the runtime library versions (`rados_version`, `rbd_version`).
+/// Reads the runtime library versions (`rados_version`, `rbd_version`); loads librbd if
+/// it is not loaded yet (and aborts if it cannot be: see [`crate::librbd::symbol`]).
 pub fn lib_versions() -> LibVersions {
     let (mut a, mut b, mut c) = (0, 0, 0);
     // SAFETY: rados_version only writes three ints through valid pointers.
@@ -209,6 +220,18 @@ pub fn lib_versions() -> LibVersions {
         librados: (a, b, c),
         librbd: (d, e, f),
     }
+}
+
+/// Fails with [`Error::UnsupportedVersion`] when the loaded librados is older than the
+/// minimum (librbd's version is checked when it is loaded: [`crate::librbd::load`]).
+fn check_librados_version() -> Result<()> {
+    let (mut a, mut b, mut c) = (0, 0, 0);
+    // SAFETY: rados_version only writes three ints through valid pointers.
+    unsafe { sys::rados_version(&mut a, &mut b, &mut c) };
+    check_versions(LibVersions {
+        librados: (a, b, c),
+        librbd: MIN_LIBRBD,
+    })
 }
 
 /// Fails with [`Error::UnsupportedVersion`] when a library is older than the minimum.
@@ -257,9 +280,13 @@ impl Rados {
     ///   read-only handle, or once the client is blocklisted), so the caller would hang.
     ///   An explicit option turning it off is refused with `InvalidInput`.
     ///
-    /// Checks the librados/librbd versions first and refuses anything older than Ceph 16.2.
+    /// Checks the librados version first, loads librbd ([`crate::librbd::load`], unless
+    /// [`ConnectOptions::defer_librbd`]) and refuses anything older than Ceph 16.2.
     pub fn connect(opts: &ConnectOptions) -> Result<Rados> {
-        check_versions(lib_versions())?;
+        check_librados_version()?;
+        if !opts.defer_librbd {
+            crate::librbd::load()?;
+        }
 
         let name = match (&opts.name, &opts.id) {
             (Some(n), _) => n.clone(),

@@ -2185,6 +2185,8 @@ unsafe extern "C" {
         key: *mut *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
     pub fn rados_objects_list_close(ctx: rados_list_ctx_t);
+}
+lazy_librbd! {
     pub fn rbd_version(
         major: *mut ::std::os::raw::c_int,
         minor: *mut ::std::os::raw::c_int,
