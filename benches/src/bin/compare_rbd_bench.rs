@@ -18,6 +18,11 @@
 //! * `on`: the `rbd` CLI's own defaults on both sides: the write-around cache with
 //!   `rbd_cache_writethrough_until_flush=false` (which the CLI sets), so writes are
 //!   acknowledged before the OSD has them and far more than D are in flight.
+//!
+//! `--api zero-copy|copy` picks our side's calls (`Buffer` I/O through rbd-core's C++
+//! shim, or librbd's copying C API). `--anchor-timeouts` gives `rbd bench` the same
+//! `rados_osd_op_timeout` that rbd-core always sets (each OSD op then carries a timer
+//! event, which costs small random I/O a few percent), to compare like with like.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -102,6 +107,7 @@ enum Executor {
 
 struct Args {
     api: Api,
+    anchor_timeouts: bool,
     cache: Cache,
     executor: Executor,
     runs: usize,
@@ -113,6 +119,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         api: Api::ZeroCopy,
+        anchor_timeouts: false,
         cache: Cache::Off,
         executor: Executor::Tokio,
         runs: 3,
@@ -137,6 +144,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     other => bail!("--cache takes on or off, not {other:?}"),
                 }
             }
+            "--anchor-timeouts" => a.anchor_timeouts = true,
             "--api" => {
                 a.api = match it.next().as_deref() {
                     Some("zero-copy") => Api::ZeroCopy,
@@ -162,7 +170,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "usage: compare_rbd_bench [--runs N (3)] [--depth D (16)] [--cache off|on (off)] \
-                     [--executor tokio|block-on (tokio)] [--api zero-copy|copy (zero-copy)] [--only WORKLOAD] [--option KEY=VALUE]...\n\
+                     [--executor tokio|block-on (tokio)] [--api zero-copy|copy (zero-copy)] [--anchor-timeouts] [--only WORKLOAD] [--option KEY=VALUE]...\n\
                      WORKLOAD is a substring of a row name, e.g. \"4K rand\"; each --option \
                      is a Ceph option for our connection only"
                 );
@@ -203,7 +211,7 @@ fn main() -> anyhow::Result<()> {
         bail!("CEPH_CONF={} does not exist", conf.display());
     }
     let mut opts = ConnectOptions::new().conf_file(&conf);
-    let anchor_args: Vec<String> = match args.cache {
+    let mut anchor_args: Vec<String> = match args.cache {
         Cache::Off => vec!["--rbd-cache=false".into()],
         Cache::On => {
             opts = opts
@@ -219,6 +227,10 @@ fn main() -> anyhow::Result<()> {
         opts = opts.option(k, v);
     }
     let rados = Rados::connect(&opts)?;
+    if args.anchor_timeouts {
+        let t = rados.conf_get("rados_osd_op_timeout")?;
+        anchor_args.push(format!("--rados-osd-op-timeout={t}"));
+    }
     let io = rados.ioctx(POOL)?;
     let name = testkit::unique("bench-compare");
     rbd::create(&io, &name, IMAGE_SIZE, &ImageOptions::new())?;
