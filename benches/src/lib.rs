@@ -292,9 +292,8 @@ impl std::future::Future for Request {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
         // Every variant is Unpin (AioFuture is).
-        let p = match self.get_mut() {
+        match self.get_mut() {
             Request::Vec(f) => std::pin::Pin::new(f)
                 .poll(cx)
                 .map(|r| r.map(|v| (v.len(), Some(v)))),
@@ -302,10 +301,6 @@ impl std::future::Future for Request {
             Request::Buffer(f) => std::pin::Pin::new(f)
                 .poll(cx)
                 .map(|r| r.map(|b| (b.len(), None))),
-        };
-        match p {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => Poll::Pending,
         }
     }
 }

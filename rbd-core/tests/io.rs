@@ -10,22 +10,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use mgmt::{TestImage, plain_opts};
 use rbd_core::rbd::{Features, ImageOptions, IoFlags};
 use rbd_core::{Error, ErrorKind, Image, OpenOptions};
+use testkit::pattern;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-
-/// A deterministic, position-dependent pattern (so misplaced bytes are caught).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn read_all(img: &Image) -> Vec<u8> {
     let size = img.size().unwrap() as usize;

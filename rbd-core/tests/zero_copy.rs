@@ -12,21 +12,10 @@ use std::time::{Duration, Instant};
 use mgmt::{TestImage, plain_opts};
 use rbd_core::rbd::{Features, ImageOptions};
 use rbd_core::{Buffer, ErrorKind, Image, IoFlags, OpenOptions};
+use testkit::pattern;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

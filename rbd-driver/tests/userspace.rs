@@ -22,24 +22,12 @@ use rbd_driver::mapper::userspace::{EntryState, UserspaceMapper};
 use rbd_driver::mapper::{
     self, Backend, CephAuth, MapOptions, MapRequest, Mapper, MapperConfig, Mapping, loopdev,
 };
+use testkit::pattern;
 
 const MIB: u64 = 1 << 20;
 const POOL: &str = "rbd";
 /// The per-I/O deadline the tests map with.
 const IO_TIMEOUT: u32 = 3;
-
-/// Deterministic bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// FNV-1a, to compare large buffers in messages.
 fn checksum(b: &[u8]) -> u64 {

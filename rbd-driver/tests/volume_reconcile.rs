@@ -138,6 +138,28 @@ fn assert_old_gone(n: &TestNode, old: &Mapping) {
     assert!(maps.is_empty(), "the old mapping is left: {maps:?}");
 }
 
+/// Node `by` fences node `holder`'s client `addr` on `image` (what a claim does to a silent
+/// holder, or an operator's `rbdctl fence image`).
+fn fence_from(
+    by: &TestNode,
+    holder: &TestNode,
+    image: &ImageRef,
+    addr: EntityAddr,
+) -> rbd_driver::cluster::FenceOutcome {
+    by.driver
+        .cluster()
+        .fence(
+            &FenceTarget {
+                image: image.clone(),
+                node: Some(holder.driver.node().clone()),
+                addrs: vec![addr],
+                reason: "test: fenced by node b".into(),
+            },
+            &[],
+        )
+        .unwrap()
+}
+
 fn attach_report(n: &TestNode, name: &str, mount_id: &str) -> AttachReport {
     n.driver
         .attach_with_report(name, mount_id, Some(AccessMode::ReadWrite))
@@ -202,19 +224,7 @@ fn attach_cleans_a_device_whose_client_was_blocklisted_without_a_daemon() {
 
     // Another node fences A's hold of the image (what a claim does to a silent holder, or
     // an operator's `rbdctl fence image`): A's exact mapping client is blocklisted.
-    let out = b
-        .driver
-        .cluster()
-        .fence(
-            &FenceTarget {
-                image: image.clone(),
-                node: Some(a.driver.node().clone()),
-                addrs: vec![addr],
-                reason: "test: fenced by node b".into(),
-            },
-            &[],
-        )
-        .unwrap();
+    let out = fence_from(&b, &a, &image, addr);
     assert_eq!(out.record.addrs.len(), 1, "{out:?}");
     assert!(out.record.addrs[0].same_instance(&addr));
 
@@ -304,18 +314,7 @@ fn remove_cleans_a_device_whose_client_was_blocklisted_without_a_daemon() {
     assert!(matches!(e, DriverError::InUse { .. }), "{e:?}");
     assert!(e.to_string().contains("ctr-1"), "{e}");
 
-    b.driver
-        .cluster()
-        .fence(
-            &FenceTarget {
-                image: image.clone(),
-                node: Some(a.driver.node().clone()),
-                addrs: vec![addr],
-                reason: "test: fenced by node b".into(),
-            },
-            &[],
-        )
-        .unwrap();
+    fence_from(&b, &a, &image, addr);
     // The fenced attachment does not block the remove: it is cleaned first.
     let r = a
         .driver

@@ -655,10 +655,6 @@ impl Image {
             Data::Vec(v) => v.as_mut_ptr(),
             _ => std::ptr::null_mut(),
         };
-        let outs: Vec<*mut c_void> = match &data {
-            Data::Lists(l) => l.iter().map(RawList::ptr).collect(),
-            _ => Vec::new(),
-        };
         let image = self.handle.ptr();
         for (i, (off, n)) in pieces.enumerate() {
             let rel = off - offset;
@@ -683,7 +679,7 @@ impl Image {
                 // fires by the Arc in the future (or parked for the reaper). For reads and
                 // writes, `p` points into the operation's own buffer, valid for `n` bytes
                 // (rel + n <= len <= buf.len()), which is neither accessed nor moved nor
-                // freed until the completion fires. For list reads, `outs[i]` is this
+                // freed until the completion fires. For list reads, the `i`th list is this
                 // piece's own empty list, owned by the operation (parked with it) and not
                 // touched until the completion fires. For list writes, the caller's list
                 // is alive for this call, which only shares its segments into librbd's own
@@ -700,7 +696,10 @@ impl Image {
                             image,
                             off,
                             n_sz,
-                            outs[i],
+                            match &data {
+                                Data::Lists(l) => l[i].ptr(),
+                                _ => std::ptr::null_mut(),
+                            },
                             comp,
                             flags.bits(),
                         ),

@@ -75,25 +75,21 @@ impl RawList {
             .ok_or_else(|| Error::from_errno("rbdcore_buf_new", libc::ENOMEM, Context::none()))
     }
 
-    fn as_ptr(&self) -> *mut c_void {
-        self.0.as_ptr()
-    }
-
     /// The list's length (`rbdcore_buf_len`).
     pub(crate) fn len(&self) -> usize {
         // SAFETY: `self` is a live list.
-        unsafe { shim::rbdcore_buf_len(self.as_ptr()) }
+        unsafe { shim::rbdcore_buf_len(self.ptr()) }
     }
 
-    /// The raw list pointer, for the shim's I/O calls.
+    /// The raw list pointer, for the shim's calls.
     pub(crate) fn ptr(&self) -> *mut c_void {
-        self.as_ptr()
+        self.0.as_ptr()
     }
 
     /// Moves `other`'s segments to the end of this list, sharing them (`rbdcore_buf_append`).
     pub(crate) fn append(&mut self, other: &mut RawList) -> Result<()> {
         // SAFETY: both are live lists, and distinct (two `&mut`).
-        let r = unsafe { shim::rbdcore_buf_append(self.as_ptr(), other.as_ptr()) };
+        let r = unsafe { shim::rbdcore_buf_append(self.ptr(), other.ptr()) };
         if r < 0 {
             return Err(Error::from_errno("rbdcore_buf_append", -r, Context::none()));
         }
@@ -104,7 +100,7 @@ impl RawList {
 impl Drop for RawList {
     fn drop(&mut self) {
         // SAFETY: created by the shim, freed exactly once, here; nothing borrows it after.
-        unsafe { shim::rbdcore_buf_free(self.as_ptr()) }
+        unsafe { shim::rbdcore_buf_free(self.ptr()) }
     }
 }
 
@@ -156,7 +152,7 @@ impl Buffer {
             NonNull::dangling()
         } else {
             // SAFETY: a live list that we own exclusively (`&mut`), non-empty.
-            let p = unsafe { shim::rbdcore_buf_contiguous(list.0.as_ptr()) };
+            let p = unsafe { shim::rbdcore_buf_contiguous(list.ptr()) };
             NonNull::new(p).ok_or_else(|| {
                 Error::from_errno("rbdcore_buf_contiguous", libc::ENOMEM, Context::none())
             })?
@@ -195,7 +191,7 @@ impl Buffer {
             return Some(&mut []);
         }
         // SAFETY: a live list that we hold exclusively (`&mut self`).
-        if unsafe { shim::rbdcore_buf_make_writable(self.list.as_ptr()) } != 1 {
+        if unsafe { shim::rbdcore_buf_make_writable(self.list.ptr()) } != 1 {
             return None;
         }
         // SAFETY: as in `as_slice`; no other list references the segment (checked just
@@ -220,7 +216,7 @@ impl Clone for Buffer {
     /// `Vec::clone` does.
     fn clone(&self) -> Buffer {
         // SAFETY: a live list, only read.
-        let p = unsafe { shim::rbdcore_buf_share(self.list.as_ptr()) };
+        let p = unsafe { shim::rbdcore_buf_share(self.list.ptr()) };
         let Some(p) = NonNull::new(p) else {
             std::alloc::handle_alloc_error(std::alloc::Layout::new::<usize>());
         };
