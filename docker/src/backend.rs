@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use rbd_driver::DriverError;
+use crate::error::Result;
 
 /// One volume as the plugin reports it to Docker.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,21 +27,21 @@ pub struct VolumeEntry {
 /// The volume operations behind the protocol. Implementations are shared between threads.
 pub trait VolumeBackend: Send + Sync + 'static {
     /// Creates volume `name` from Docker's `-o` options. Options are validated before
-    /// anything is created; a bad one gives [`DriverError::InvalidInput`].
-    fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), DriverError>;
+    /// anything is created; a bad one gives [`rbd_driver::DriverError::InvalidInput`].
+    fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<()>;
     /// Removes volume `name` and its image. Refused while it is in use anywhere.
-    fn remove(&self, name: &str) -> Result<(), DriverError>;
+    fn remove(&self, name: &str) -> Result<()>;
     /// Maps and mounts `name` for `mount_id` (refcounted per id) and returns the mountpoint.
-    fn attach(&self, name: &str, mount_id: &str) -> Result<PathBuf, DriverError>;
+    fn attach(&self, name: &str, mount_id: &str) -> Result<PathBuf>;
     /// Drops `mount_id`'s reference; unmounts and unmaps with the last one. An unknown
     /// mount id is not an error (Docker sends Unmount after a failed Mount).
-    fn detach(&self, name: &str, mount_id: &str) -> Result<(), DriverError>;
-    /// The volume's details. [`DriverError::NoSuchVolume`] when it does not exist.
-    fn get(&self, name: &str) -> Result<VolumeEntry, DriverError>;
+    fn detach(&self, name: &str, mount_id: &str) -> Result<()>;
+    /// The volume's details. [`rbd_driver::DriverError::NoSuchVolume`] when it does not exist.
+    fn get(&self, name: &str) -> Result<VolumeEntry>;
     /// Where `name` is mounted on this node, if it is.
-    fn path(&self, name: &str) -> Result<Option<PathBuf>, DriverError>;
+    fn path(&self, name: &str) -> Result<Option<PathBuf>>;
     /// Every volume.
-    fn list(&self) -> Result<Vec<VolumeEntry>, DriverError>;
+    fn list(&self) -> Result<Vec<VolumeEntry>>;
     /// Stops background work (the node daemon) at plugin shutdown; may wait for the
     /// cluster, so the caller bounds it. The default does nothing.
     fn shutdown(&self) {}

@@ -39,7 +39,7 @@
 //! `CEPH_CONF`, `CEPH_ID`, `CEPH_KEYRING`, `RBD_NODE_ID`, `RBD_STATE_DIR`,
 //! `RBD_MOUNT_ROOT`, `RBD_RUN_DIR`, `RBD_BACKEND`, `RBD_UMAP_BIN`, `RBD_NBD_BIN`,
 //! `RBD_LOG`, `RBD_TIMEOUT_READ`, `RBD_TIMEOUT_WRITE`, `RBD_RECONCILE_INTERVAL`,
-//! `RBD_SERVE_POOLS` (comma-separated), and `RBD_DEFAULT_<KEY>` for any
+//! `RBD_SERVE_POOLS` (comma-separated), `RBD_WORKER_IDLE`, and `RBD_DEFAULT_<KEY>` for any
 //! `[defaults]` key (`RBD_DEFAULT_SIZE=10G`, `RBD_DEFAULT_MOUNT_OPTIONS=noatime`: upper
 //! case, `-` written `_`).
 
@@ -95,6 +95,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "more pools to answer other nodes' control requests in (comma-separated)",
     ),
     (
+        "RBD_WORKER_IDLE",
+        "seconds the volume worker process stays after its last operation (default 20)",
+    ),
+    (
         "RBD_DEFAULT_<KEY>",
         "a node-wide volume default, e.g. RBD_DEFAULT_SIZE=10G",
     ),
@@ -139,6 +143,9 @@ pub struct PluginConfig {
     /// Pools the node daemon answers control requests in besides the default pool, the
     /// pools of this node's attachments and those of the volume index.
     pub serve_pools: Vec<String>,
+    /// How long the volume worker (the process that runs the operations needing librbd,
+    /// see [`crate::worker`]) stays after its last operation before it exits.
+    pub worker_idle: Duration,
     /// Log filter.
     pub log: String,
     /// The config file that was read, if any.
@@ -165,6 +172,7 @@ impl Default for PluginConfig {
             shutdown_grace: Duration::from_secs(10),
             reconcile_interval: Duration::from_secs(30),
             serve_pools: Vec::new(),
+            worker_idle: Duration::from_secs(20),
             log: "info".to_string(),
             config_file: None,
         }
@@ -196,6 +204,7 @@ struct FileConfig {
     log: Option<String>,
     reconcile_interval: Option<f64>,
     serve_pools: Option<Vec<String>>,
+    worker_idle: Option<f64>,
     ceph: Option<CephSection>,
     defaults: Option<BTreeMap<String, Scalar>>,
     timeouts: Option<TimeoutSection>,
@@ -305,6 +314,9 @@ impl PluginConfig {
         if let Some(v) = var("RBD_RECONCILE_INTERVAL") {
             cfg.reconcile_interval = parse_secs("RBD_RECONCILE_INTERVAL", &v, ENV)?;
         }
+        if let Some(v) = var("RBD_WORKER_IDLE") {
+            cfg.worker_idle = parse_secs("RBD_WORKER_IDLE", &v, ENV)?;
+        }
         if let Some(v) = var("RBD_SERVE_POOLS") {
             cfg.serve_pools = v
                 .split(',')
@@ -363,6 +375,9 @@ impl PluginConfig {
         }
         if let Some(v) = fc.serve_pools {
             self.serve_pools = v;
+        }
+        if let Some(s) = fc.worker_idle {
+            self.worker_idle = to_duration("worker-idle", &s.to_string(), s, &origin)?;
         }
         if let Some(c) = fc.ceph {
             if let Some(v) = c.conf {
@@ -642,6 +657,7 @@ ceph-mon-op = 3
         let cfg = PluginConfig::load_from(&env(&[]), &with_file(&p)).unwrap();
         assert_eq!(cfg.reconcile_interval, Duration::from_secs(30));
         assert!(cfg.serve_pools.is_empty());
+        assert_eq!(cfg.worker_idle, Duration::from_secs(20));
         // Bad values name the setting.
         for (k, v, want) in [
             ("RBD_RECONCILE_INTERVAL", "0.5", "reconcile-interval"),

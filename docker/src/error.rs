@@ -1,4 +1,5 @@
-//! The crate's one error type: what can stop the plugin from starting or serving.
+//! The crate's one error type: what can stop the plugin from starting or serving, and
+//! why a volume operation failed.
 //!
 //! Errors of single requests never stop the plugin; they are answered in the `Err` field of
 //! the response (see [`crate::service`]).
@@ -64,6 +65,19 @@ pub enum PluginError {
     /// Something other than a socket is in the socket's place; we never delete it.
     #[error("{0} exists and is not a unix socket; remove it or choose another --socket")]
     NotASocket(PathBuf),
+    /// A volume operation failed in the driver.
+    #[error(transparent)]
+    Driver(#[from] rbd_driver::DriverError),
+    /// A volume operation failed in the volume worker process ([`crate::worker`]): the
+    /// message (with its causes) and the class of the driver's error, as the worker
+    /// reported them.
+    #[error("{message}")]
+    Worker {
+        /// The driver error's message, causes included.
+        message: String,
+        /// Its class.
+        class: crate::service::FailureKind,
+    },
     /// A local system call failed.
     #[error("{what}")]
     Io {

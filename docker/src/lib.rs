@@ -11,7 +11,8 @@
 //! - [`server`]: the socket (mode 0600, stale-socket handling, systemd activation) and the
 //!   HTTP server with clean shutdown.
 //! - [`config`]: defaults, config file, environment, flags.
-//! - [`rbd`]: the real backend, `rbd_driver::volume::Driver`.
+//! - [`rbd`]: the real backend, `rbd_driver::volume::Driver` and this node's daemon.
+//! - [`worker`]: the volume worker process that runs what needs librbd.
 //! - [`memory`]: handing the dead start-up stack back to the kernel.
 //! - [`app`]: start-up: bind, connect the driver in the background, serve until a signal.
 
@@ -25,5 +26,6 @@ pub mod rbd;
 pub mod rfc3339;
 pub mod server;
 pub mod service;
+pub mod worker;
 
 pub use error::{PluginError, Result};

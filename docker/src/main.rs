@@ -14,6 +14,7 @@ use docker_volume_rbd::backend::VolumeBackend;
 use docker_volume_rbd::config::{ENV_VARS, Overrides, PluginConfig};
 use docker_volume_rbd::error::chain;
 use docker_volume_rbd::rbd::{RbdBackend, daemon_options, driver_config};
+use docker_volume_rbd::worker::WorkerPool;
 
 fn env_help() -> String {
     let mut s = String::from(
@@ -48,6 +49,10 @@ struct Cli {
     /// Check the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Run as the plugin's volume worker (started by the plugin itself; see the
+    /// library's `worker` module).
+    #[arg(long, hide = true)]
+    volume_worker: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +78,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    if cli.volume_worker {
+        return docker_volume_rbd::worker::serve(&cfg);
+    }
     match released {
         Ok(n) => tracing::debug!("released {} KiB of dead start-up stack", n / 1024),
         Err(e) => tracing::debug!("cannot release the dead start-up stack: {e}"),
@@ -90,9 +98,16 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{cfg:#?}\n{:#?}", dcfg.defaults);
         return ExitCode::SUCCESS;
     }
+    let (program, args) = WorkerPool::this_executable();
     let factory: app::BackendFactory = Box::new(move |cfg: &PluginConfig| {
-        RbdBackend::connect(dcfg.clone(), daemon_options(cfg))
-            .map(|b| Arc::new(b) as Arc<dyn VolumeBackend>)
+        RbdBackend::connect(
+            dcfg.clone(),
+            daemon_options(cfg),
+            program.clone(),
+            args.clone(),
+            cfg.worker_idle,
+        )
+        .map(|b| Arc::new(b) as Arc<dyn VolumeBackend>)
     });
     match app::run(cfg, factory) {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 //! watching and fence the mapping of a running container.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,11 +19,15 @@ use rbd_driver::daemon::{DaemonOptions, NodeDaemon};
 use rbd_driver::mapper::CephAuth;
 use rbd_driver::volume::{
     CreateSpec, Driver, DriverConfig, EntryState, Phase, VolumeDefaults, VolumeInfo,
+    validate_mount_id, validate_volume_name,
 };
 
 use crate::backend::{VolumeBackend, VolumeEntry};
 use crate::config::PluginConfig;
-use crate::error::{PluginError, Result};
+use crate::error::{PluginError, Result, chain};
+use crate::worker::{Answer, Op, ServePool, WorkerPool};
+
+type PResult<T> = Result<T>;
 
 /// The driver's configuration from the plugin's. Checks the node-wide volume defaults, so
 /// a bad default stops the plugin at start-up.
@@ -66,8 +71,8 @@ pub fn driver_config(cfg: &PluginConfig) -> Result<DriverConfig> {
     // still show what led up to a crash.
     d.client_options
         .push(("log_max_recent".into(), "100".into()));
-    // List and the node daemon use RADOS only: librbd (5 MiB once loaded) waits for the
-    // first operation on an image (`librbd()` below).
+    // List, Path and the node daemon use RADOS only; what opens images runs in the volume
+    // worker (crate::worker), so librbd (5 MiB once loaded) never loads here.
     d.defer_librbd = true;
     Ok(d)
 }
@@ -81,10 +86,14 @@ pub fn daemon_options(cfg: &PluginConfig) -> DaemonOptions {
     }
 }
 
-/// [`Driver`] as the plugin's backend, and the node daemon over it.
+/// The plugin's backend: this node's [`NodeDaemon`] and the RADOS-only calls (List,
+/// Path) on a driver in this process, and the calls that open images (Create, Remove,
+/// Mount, Unmount, Get) in the volume worker ([`crate::worker`]), so librbd never loads
+/// here.
 pub struct RbdBackend {
     driver: Arc<Driver>,
-    daemon: Mutex<Option<NodeDaemon>>,
+    daemon: Arc<Mutex<Option<NodeDaemon>>>,
+    workers: Arc<WorkerPool>,
 }
 
 impl RbdBackend {
@@ -92,8 +101,16 @@ impl RbdBackend {
     /// starts this node's daemon: it answers control requests in the default pool before
     /// this returns (an error if it cannot: then other nodes would take this node for
     /// dead), and reconciles in the background at once and every
-    /// [`DaemonOptions::reconcile_interval`].
-    pub fn connect(cfg: DriverConfig, opts: DaemonOptions) -> Result<RbdBackend, DriverError> {
+    /// [`DaemonOptions::reconcile_interval`]. Volume workers are started from
+    /// `program` with `args` when calls come ([`WorkerPool`]), and exit after `worker_idle`
+    /// without one.
+    pub fn connect(
+        cfg: DriverConfig,
+        opts: DaemonOptions,
+        program: PathBuf,
+        args: Vec<OsString>,
+        worker_idle: Duration,
+    ) -> Result<RbdBackend, DriverError> {
         let driver = Arc::new(Driver::new(cfg)?);
         let daemon = NodeDaemon::start(Arc::clone(&driver), opts)?;
         let pools: Vec<String> = daemon.pools().into_keys().collect();
@@ -111,15 +128,30 @@ impl RbdBackend {
             ),
             Err(e) => tracing::warn!("pinging this node's daemon in pool {pool}: {e}"),
         }
+        let daemon = Arc::new(Mutex::new(Some(daemon)));
+        let d2 = Arc::clone(&daemon);
+        let serve: ServePool = Arc::new(move |pool: &str| {
+            match d2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                Some(d) => d.serve_pool(pool).map_err(|e| chain(&e)),
+                None => Err("the node daemon is stopped (the plugin is shutting down)".into()),
+            }
+        });
+        let workers = WorkerPool::new(program, args, worker_idle, serve);
         Ok(RbdBackend {
             driver,
-            daemon: Mutex::new(Some(daemon)),
+            daemon,
+            workers,
         })
     }
 
-    /// The driver.
+    /// The driver of this process (RADOS only: the node daemon, List, Path).
     pub fn driver(&self) -> &Arc<Driver> {
         &self.driver
+    }
+
+    /// The volume workers.
+    pub fn workers(&self) -> &Arc<WorkerPool> {
+        &self.workers
     }
 
     /// Runs `f` on the node daemon, if it still runs.
@@ -132,13 +164,8 @@ impl RbdBackend {
     }
 }
 
-/// Loads librbd for an operation that needs it (the driver connects without it:
-/// [`DriverConfig::defer_librbd`]); after the first call this only reads a flag.
-fn librbd() -> Result<(), DriverError> {
-    rbd_core::librbd::load().map_err(|e| DriverError::ceph("loading librbd", e))
-}
-
-fn entry(v: VolumeInfo) -> VolumeEntry {
+/// A driver's volume as the plugin reports it.
+pub fn entry(v: VolumeInfo) -> VolumeEntry {
     VolumeEntry {
         name: v.name,
         mountpoint: v.mountpoint,
@@ -147,10 +174,32 @@ fn entry(v: VolumeInfo) -> VolumeEntry {
     }
 }
 
+/// Checks a volume name here, before a worker is started for it.
+fn valid(name: &str) -> PResult<()> {
+    validate_volume_name(name)?;
+    Ok(())
+}
+
+fn unit(a: Answer) -> PResult<()> {
+    match a {
+        Answer::Unit => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(a: Answer) -> PluginError {
+    PluginError::Worker {
+        message: format!("internal error: the volume worker answered {a:?}"),
+        class: crate::service::FailureKind::Other,
+    }
+}
+
 impl VolumeBackend for RbdBackend {
-    /// Stops the node daemon: its control watches are removed (so other nodes see at
-    /// once that nobody answers for this node), its reconcile thread ends.
+    /// Stops the volume worker (within 3 s; it finishes its calls first) and the node
+    /// daemon: its control watches are removed (so other nodes see at once that nobody
+    /// answers for this node), its reconcile thread ends.
     fn shutdown(&self) {
+        self.workers.shutdown(Duration::from_secs(3));
         let d = self.daemon.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(d) = d {
             tracing::info!("stopping the node daemon of node {}", self.driver.node());
@@ -158,41 +207,58 @@ impl VolumeBackend for RbdBackend {
         }
     }
 
-    fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), DriverError> {
-        librbd()?;
-        let spec = CreateSpec::from_options(opts)?;
-        self.driver.create(name, &spec).map(|_| ())
+    fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> PResult<()> {
+        // Bad input is refused here, without starting a worker.
+        valid(name)?;
+        CreateSpec::from_options(opts)?;
+        unit(self.workers.call(Op::Create {
+            name: name.into(),
+            opts: opts.clone(),
+        })?)
     }
 
-    fn remove(&self, name: &str) -> Result<(), DriverError> {
-        librbd()?;
-        self.driver.remove(name, false)
+    fn remove(&self, name: &str) -> PResult<()> {
+        valid(name)?;
+        unit(self.workers.call(Op::Remove { name: name.into() })?)
     }
 
-    fn attach(&self, name: &str, mount_id: &str) -> Result<PathBuf, DriverError> {
-        librbd()?;
-        self.driver.attach(name, mount_id, None)
+    fn attach(&self, name: &str, mount_id: &str) -> PResult<PathBuf> {
+        valid(name)?;
+        validate_mount_id(mount_id)?;
+        match self.workers.call(Op::Attach {
+            name: name.into(),
+            mount_id: mount_id.into(),
+        })? {
+            Answer::Path(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
     }
 
-    fn detach(&self, name: &str, mount_id: &str) -> Result<(), DriverError> {
-        librbd()?;
-        self.driver.detach(name, mount_id)
+    fn detach(&self, name: &str, mount_id: &str) -> PResult<()> {
+        valid(name)?;
+        unit(self.workers.call(Op::Detach {
+            name: name.into(),
+            mount_id: mount_id.into(),
+        })?)
     }
 
-    fn get(&self, name: &str) -> Result<VolumeEntry, DriverError> {
-        librbd()?;
-        self.driver.get(name).map(entry)
+    fn get(&self, name: &str) -> PResult<VolumeEntry> {
+        valid(name)?;
+        match self.workers.call(Op::Get { name: name.into() })? {
+            Answer::Entry(e) => Ok(e.into()),
+            other => Err(unexpected(other)),
+        }
     }
 
-    fn path(&self, name: &str) -> Result<Option<PathBuf>, DriverError> {
-        librbd()?;
-        self.driver.path(name)
+    /// Local state only: no cluster call, no worker.
+    fn path(&self, name: &str) -> PResult<Option<PathBuf>> {
+        Ok(self.driver.path(name)?)
     }
 
     /// Docker's List needs names and mountpoints only: one read of the cluster-wide name
     /// index plus the local state file, instead of opening every image. Details come with
     /// Get.
-    fn list(&self) -> Result<Vec<VolumeEntry>, DriverError> {
+    fn list(&self) -> PResult<Vec<VolumeEntry>> {
         let index = self.driver.index().list()?;
         let state = self.driver.state_store().load()?;
         Ok(index

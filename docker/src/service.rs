@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use rbd_driver::DriverError;
+
+use crate::error::PluginError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -91,7 +93,8 @@ pub struct Failure {
 }
 
 /// Classes of [`Failure`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// The volume does not exist.
     NotFound,
@@ -101,16 +104,23 @@ pub enum FailureKind {
     Other,
 }
 
-impl Failure {
-    fn from_driver(e: &DriverError) -> Failure {
-        let kind = match e {
-            DriverError::NoSuchVolume(_) => FailureKind::NotFound,
-            DriverError::InvalidInput { .. } => FailureKind::Invalid,
+impl FailureKind {
+    /// The class of a volume operation's error.
+    pub fn of(e: &PluginError) -> FailureKind {
+        match e {
+            PluginError::Driver(DriverError::NoSuchVolume(_)) => FailureKind::NotFound,
+            PluginError::Driver(DriverError::InvalidInput { .. }) => FailureKind::Invalid,
+            PluginError::Worker { class, .. } => *class,
             _ => FailureKind::Other,
-        };
+        }
+    }
+}
+
+impl Failure {
+    fn from_error(e: &PluginError) -> Failure {
         Failure {
             message: chain(e),
-            kind,
+            kind: FailureKind::of(e),
         }
     }
     fn other(message: String) -> Failure {
@@ -146,7 +156,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         f: F,
     ) -> Flight<T>
     where
-        F: FnOnce() -> Result<T, DriverError> + Send + 'static,
+        F: FnOnce() -> Result<T, PluginError> + Send + 'static,
     {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, fl)) = map.get(key) {
@@ -159,7 +169,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         let fut: BoxFuture<'static, Outcome<T>> = async move {
             let out = match task.await {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(Failure::from_driver(&e)),
+                Ok(Err(e)) => Err(Failure::from_error(&e)),
                 Err(j) => Err(Failure::other(format!(
                     "{what} failed: internal error: {j}"
                 ))),
@@ -364,14 +374,14 @@ impl Service {
     async fn write<T, F>(&self, what: String, f: F) -> Outcome<T>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn VolumeBackend) -> Result<T, DriverError> + Send + 'static,
+        F: FnOnce(&dyn VolumeBackend) -> Result<T, PluginError> + Send + 'static,
     {
         let backend = self.backend.get()?;
         let task = tokio::task::spawn_blocking(move || f(backend.as_ref()));
         let limit = self.deadlines.write;
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(Failure::from_driver(&e)),
+            Ok(Ok(Err(e))) => Err(Failure::from_error(&e)),
             Ok(Err(j)) => Err(Failure::other(format!(
                 "{what} failed: internal error: {j}"
             ))),
@@ -477,7 +487,7 @@ impl Service {
         self.invalidate(&name);
         mountpoint_reply(match out {
             Ok(Ok(p)) => Ok(Some(p)),
-            Ok(Err(e)) => Err(Failure::from_driver(&e)),
+            Ok(Err(e)) => Err(Failure::from_error(&e)),
             Err(j) => Err(Failure::other(format!(
                 "{what} failed: internal error: {j}"
             ))),

@@ -111,6 +111,79 @@ fn list_sees_several_images() {
     }
 }
 
+/// `rbd::list_directory` reads a pool's image directory with librados alone, and agrees
+/// with `rbd_list2` (and the `rbd` CLI) on the images it lists.
+#[test]
+fn list_directory_agrees_with_list_and_needs_no_librbd() {
+    let Some(conf) = testkit::ceph_conf() else {
+        return;
+    };
+    let rados = rbd_core::Rados::connect(
+        &rbd_core::ConnectOptions::new()
+            .conf_file(&conf)
+            .timeouts(rbd_core::Timeouts::uniform(Duration::from_secs(20)))
+            .defer_librbd(),
+    )
+    .unwrap();
+    // nextest runs this test in a process of its own; under plain `cargo test` another
+    // test may have loaded librbd already.
+    let loaded_before = rbd_core::librbd::is_loaded();
+    let io = rados.ioctx(common::POOL).unwrap();
+    // A namespace that never held an image has no directory object: an empty list.
+    let ns = io.with_namespace(&testkit::unique("nodir")).unwrap();
+    assert_eq!(rbd::list_directory(&ns).unwrap(), Vec::new());
+    rbd::list_directory(&io).unwrap();
+    if !loaded_before {
+        assert!(
+            !rbd_core::librbd::is_loaded(),
+            "list_directory loaded librbd"
+        );
+    }
+
+    let imgs: Vec<TestImage> = (0..3)
+        .map(|_| TestImage::create(&rados, "mgmt-dir", MIB, &plain_opts()))
+        .collect();
+    let dir = rbd::list_directory(&io).unwrap();
+    let listed = rbd::list(&io).unwrap();
+    let cli: serde_json::Value = serde_json::from_str(&common::cli(
+        &conf,
+        "rbd",
+        &["ls", "-l", "--format", "json", common::POOL],
+    ))
+    .unwrap();
+    for t in &imgs {
+        let spec = rbd::ImageSpec {
+            name: t.name.clone(),
+            id: rbd::image_id_by_name(&t.io, &t.name).unwrap(),
+        };
+        assert!(dir.contains(&spec), "{spec:?} missing from {dir:?}");
+        assert!(listed.contains(&spec), "{spec:?} missing from {listed:?}");
+        assert!(
+            cli.as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["image"] == spec.name.as_str()),
+            "{} missing from rbd ls: {cli}",
+            spec.name
+        );
+    }
+    // Every image both lists saw has the same id in both (other tests create and remove
+    // images in this pool meanwhile, so the lists need not be equal).
+    for d in &dir {
+        if let Some(l) = listed.iter().find(|l| l.name == d.name) {
+            assert_eq!(l.id, d.id, "{}", d.name);
+        }
+    }
+    rbd::remove(&imgs[0].io, &imgs[0].name).unwrap();
+    assert!(
+        !rbd::list_directory(&io)
+            .unwrap()
+            .iter()
+            .any(|s| s.name == imgs[0].name),
+        "a removed image is still listed"
+    );
+}
+
 #[test]
 fn error_kinds() {
     let Some((rados, conf)) = common::connect() else {

@@ -284,6 +284,14 @@ impl NodeDaemon {
         &self.inner.driver
     }
 
+    /// Starts answering control requests in `pool` (watching its control object) unless
+    /// it does already. The driver's pool hook calls this before this node registers an
+    /// image in a pool ([`Driver::set_pool_hook`]); a process running volume operations
+    /// for this daemon's node elsewhere asks for the same.
+    pub fn serve_pool(&self, pool: &str) -> Result<()> {
+        self.inner.serve(pool)
+    }
+
     /// The pools answered in, and whether each control watch is established now.
     pub fn pools(&self) -> BTreeMap<String, bool> {
         self.inner.watching()

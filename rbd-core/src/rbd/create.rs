@@ -676,6 +676,50 @@ pub fn list(io: &IoCtx) -> Result<Vec<ImageSpec>> {
     Err(Error::from_errno("rbd_list2", libc::ERANGE, io.ctx()))
 }
 
+/// The object that indexes a pool's (or namespace's) format 2 images: omap keys
+/// `id_<id>` (value: the name) and `name_<name>` (value: the id).
+pub const RBD_DIRECTORY: &str = "rbd_directory";
+
+/// Lists the format 2 images of the pool (and namespace) of `io` with librados alone, from
+/// the omap of its [`RBD_DIRECTORY`] object (`rados_read_op_omap_get_vals2`, keys
+/// `id_*`), without loading librbd (see [`crate::librbd`]).
+///
+/// For format 2 images this is what [`list`] returns (`rbd_list2` reads the same keys
+/// through the `rbd` object class); format 1 images, which have no id, are not listed.
+/// A pool or namespace that never held an image has no directory object: the list is
+/// empty then. An entry whose value cannot be decoded (not written by librbd) is an
+/// error of kind [`crate::ErrorKind::InvalidInput`] naming the key.
+pub fn list_directory(io: &IoCtx) -> Result<Vec<ImageSpec>> {
+    let vals = match io.omap_get_vals(RBD_DIRECTORY, None, Some("id_"), None) {
+        Ok(v) => v,
+        Err(e) if e.kind() == crate::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    vals.into_iter()
+        .map(|(key, val)| {
+            let id = key.strip_prefix("id_").unwrap_or(&key).to_owned();
+            let name = decode_ceph_string(&val).ok_or_else(|| {
+                Error::invalid(
+                    "rbd_directory entry",
+                    key.clone(),
+                    "its value is not an encoded image name",
+                )
+            })?;
+            Ok(ImageSpec { name, id })
+        })
+        .collect()
+}
+
+/// Decodes a string in Ceph's encoding: a little-endian `u32` length, then that many
+/// bytes of UTF-8, and nothing after them.
+fn decode_ceph_string(b: &[u8]) -> Option<String> {
+    let (len, rest) = b.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    (rest.len() == len)
+        .then(|| String::from_utf8(rest.to_vec()).ok())
+        .flatten()
+}
+
 /// Removes an image and its data (`rbd_remove`).
 ///
 /// Fails with [`crate::ErrorKind::HasSnapshots`] while it has snapshots,

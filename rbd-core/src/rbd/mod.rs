@@ -55,8 +55,8 @@ pub use aio::AioFuture;
 pub use buffer::Buffer;
 pub use clone::{LinkedImageSpec, ParentInfo, SnapSpec, clone_image};
 pub use create::{
-    CloneFormat, Features, ImageFormat, ImageOptions, ImageSpec, create, list, order_of,
-    parse_size, remove, remove_with_progress, rename,
+    CloneFormat, Features, ImageFormat, ImageOptions, ImageSpec, RBD_DIRECTORY, create, list,
+    list_directory, order_of, parse_size, remove, remove_with_progress, rename,
 };
 pub use diff::{DiffExtent, DiffOptions};
 pub use info::{

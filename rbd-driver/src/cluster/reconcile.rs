@@ -283,7 +283,7 @@ pub fn classify(node: &NodeId, mappings: &[Mapping], view: &ClusterView) -> Vec<
 }
 
 /// Reads what [`classify`] needs for `mappings` from the cluster: the image ids of each
-/// pool/namespace they are in (`rbd_list2`), their registry entries (one read per pool),
+/// pool/namespace they are in (the pool's `rbd_directory`, [`rbd_core::rbd::list_directory`]), their registry entries (one read per pool),
 /// and the blocklist (one mon command, only if a mapping has a client address).
 pub fn gather(rados: &Rados, namespace: &str, mappings: &[Mapping]) -> Result<ClusterView> {
     let mut view = ClusterView::default();
@@ -312,7 +312,9 @@ pub fn gather(rados: &Rados, namespace: &str, mappings: &[Mapping]) -> Result<Cl
             let nio = io
                 .with_namespace(ns)
                 .map_err(|e| DriverError::ceph(format!("opening {pool}/{ns}"), e))?;
-            let ids: BTreeSet<String> = match rbd_core::rbd::list(&nio) {
+            // The directory object, read with librados: the node daemon runs in the
+            // plugin process, which does not load librbd (5 MiB) for this.
+            let ids: BTreeSet<String> = match rbd_core::rbd::list_directory(&nio) {
                 Ok(l) => l.into_iter().map(|s| s.id).collect(),
                 Err(e) if e.kind() == ErrorKind::NotFound => BTreeSet::new(),
                 Err(e) => {

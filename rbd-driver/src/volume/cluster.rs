@@ -303,9 +303,14 @@ impl Driver {
         self.cluster.node()
     }
 
-    /// Installs (or removes) the hook a node daemon in this process uses to watch a
-    /// pool's control object before this node registers an image there.
-    pub(crate) fn set_pool_hook(&self, hook: Option<PoolHook>) {
+    /// Installs (or removes) the hook that makes this node's daemon watch a pool's control
+    /// object before this node registers an image there. A
+    /// [`NodeDaemon`](crate::daemon::NodeDaemon) over this driver installs one itself; a
+    /// process that runs volume operations for a node daemon living in another process
+    /// (the Docker plugin's volume worker) installs one that asks that process
+    /// ([`NodeDaemon::serve_pool`](crate::daemon::NodeDaemon::serve_pool) there). An error
+    /// of the hook is logged, and the operation goes on.
+    pub fn set_pool_hook(&self, hook: Option<PoolHook>) {
         if let Ok(mut g) = self.pool_hook.write() {
             *g = hook;
         }

@@ -210,8 +210,9 @@ pub struct Driver {
     pub(super) pool_hook: RwLock<Option<PoolHook>>,
 }
 
-/// See [`Driver::set_pool_hook`].
-pub(crate) type PoolHook = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+/// See [`Driver::set_pool_hook`]: called with a pool's name, makes sure this node's
+/// daemon answers control requests there.
+pub type PoolHook = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -71,8 +71,8 @@ pub mod state;
 pub use attach::{AttachOptions, DetachReport};
 pub use cluster::{AttachReport, AttachTimings, NodeReconcileReport, ReconcileOptions};
 pub use driver::{
-    ClientInfo, Driver, DriverConfig, LocalAttachment, VolumeInfo, VolumeStatus, hostname,
-    validate_mount_id,
+    ClientInfo, Driver, DriverConfig, LocalAttachment, PoolHook, VolumeInfo, VolumeStatus,
+    hostname, validate_mount_id,
 };
 pub use index::{EntryState, IndexEntry, VolumeIndex};
 pub use name::validate_volume_name;

@@ -1,0 +1,209 @@
+//! The volume worker (`docker_volume_rbd::worker`) against the real dev cluster: the plugin
+//! process never loads librbd, whatever it serves (Create, Get, Mount with the userspace
+//! mapper, Unmount, Remove, its node daemon's reconciles); the worker that did the work has
+//! librbd and exits once idle; a worker that dies fails its calls with a message saying
+//! so, and the next call gets a new one.
+//!
+//! Needs `CEPH_CONF` (the dev cluster), root, FUSE and loop devices; skipped outside CI
+//! when missing, a failure under `CI=true` (see testkit).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn maps_librbd(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains("/librbd.so")
+}
+
+/// The running volume workers of the plugin `pid`: its children started with
+/// `--volume-worker`.
+fn workers(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if !zombie && cmd.split(|b| *b == 0).any(|a| a == b"--volume-worker") {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn setup(prefix: &str) -> Option<(std::path::PathBuf, TempDir)> {
+    let conf = testkit::ceph_conf()?;
+    if !testkit::require_root() {
+        return None;
+    }
+    Some((conf, TempDir::new(prefix)))
+}
+
+#[test]
+fn librbd_stays_out_of_the_plugin_and_the_idle_worker_exits() {
+    let Some((conf, dir)) = setup("worker-idle") else {
+        return;
+    };
+    let ceph = Ceph::new(&conf);
+    let mut spec = PluginSpec::new(&conf, dir.path());
+    spec.env.insert("RBD_WORKER_IDLE".into(), "2".into());
+    // Reconciles often, so several run while a volume is mapped.
+    spec.env.insert("RBD_RECONCILE_INTERVAL".into(), "1".into());
+    let plugin = Plugin::start(&spec);
+    let pid = plugin.pid();
+    assert!(!maps_librbd(pid), "librbd loaded at start");
+    assert!(workers(pid).is_empty(), "a worker before any call");
+
+    let name = testkit::unique("wk");
+    let _guard = VolumeGuard {
+        socket: plugin.socket.clone(),
+        ceph: conf.clone(),
+        pool: "rbd".into(),
+        name: name.clone(),
+    };
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Create",
+        json!({"Name": name, "Opts": {"size": "64M"}}),
+    );
+    assert_eq!(r.err(), "", "create: {}\n{}", r.err(), plugin.log_text());
+    assert!(ceph.image_exists("rbd", &name));
+    let w = workers(pid);
+    assert_eq!(w.len(), 1, "one worker after Create: {w:?}");
+    assert!(maps_librbd(w[0]), "the worker runs librbd");
+    assert!(!maps_librbd(pid), "the plugin loaded librbd for Create");
+
+    let r = call(&plugin.socket, "VolumeDriver.Get", json!({"Name": name}));
+    assert_eq!(r.err(), "");
+    assert_eq!(r.json()["Volume"]["Status"]["size"], json!(64 << 20));
+    assert_eq!(workers(pid), w, "Get used the same worker");
+
+    // Mount: the worker maps (userspace mapper), formats and mounts; the mountpoint is
+    // real and writable; Path (local state) and List see it.
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Mount",
+        json!({"Name": name, "ID": "c1"}),
+    );
+    assert_eq!(r.err(), "", "mount: {}\n{}", r.err(), plugin.log_text());
+    let mp = r.json()["Mountpoint"]
+        .as_str()
+        .expect("Mountpoint")
+        .to_string();
+    std::fs::write(format!("{mp}/f"), b"data").expect("write into the volume");
+    let r = call(&plugin.socket, "VolumeDriver.Path", json!({"Name": name}));
+    assert_eq!(r.json()["Mountpoint"], json!(mp));
+
+    // The worker retires while the volume stays mounted; the mapper keeps serving it.
+    wait_for("the idle worker exits", Duration::from_secs(20), || {
+        workers(pid).is_empty()
+    });
+    assert_eq!(std::fs::read(format!("{mp}/f")).unwrap(), b"data");
+    // Reconciles with a mapped volume (rbd_directory is read with librados) keep
+    // librbd out of the plugin.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !maps_librbd(pid),
+        "the plugin loaded librbd (reconcile?)\n{}",
+        plugin.log_text()
+    );
+
+    // Unmount and Remove start a new worker.
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Unmount",
+        json!({"Name": name, "ID": "c1"}),
+    );
+    assert_eq!(r.err(), "", "unmount: {}\n{}", r.err(), plugin.log_text());
+    let w2 = workers(pid);
+    assert_eq!(w2.len(), 1, "{w2:?}");
+    assert_ne!(w2, w, "a new worker");
+    let r = call(&plugin.socket, "VolumeDriver.Remove", json!({"Name": name}));
+    assert_eq!(r.err(), "", "remove: {}", r.err());
+    assert!(!ceph.image_exists("rbd", &name));
+    assert!(!maps_librbd(pid), "the plugin loaded librbd");
+    wait_for("the idle worker exits", Duration::from_secs(20), || {
+        workers(pid).is_empty()
+    });
+}
+
+#[test]
+fn a_dead_worker_fails_its_calls_and_the_next_call_gets_a_new_one() {
+    let Some((conf, dir)) = setup("worker-dead") else {
+        return;
+    };
+    let plugin = Plugin::start(&PluginSpec::new(&conf, dir.path()));
+    let pid = plugin.pid();
+    let name = testkit::unique("wd");
+    let _guard = VolumeGuard {
+        socket: plugin.socket.clone(),
+        ceph: conf.clone(),
+        pool: "rbd".into(),
+        name: name.clone(),
+    };
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Create",
+        json!({"Name": name, "Opts": {"size": "32M"}}),
+    );
+    assert_eq!(r.err(), "", "create: {}", r.err());
+    let w = workers(pid);
+    assert_eq!(w.len(), 1, "{w:?}");
+
+    // Stopped, it cannot answer; killed, its call fails at once with a message saying so.
+    // SAFETY: kill(2) on the worker's pid, a child of our plugin that has not been reaped
+    // (its parent reaps it only after it exits), so the pid is not reused.
+    assert_eq!(unsafe { libc::kill(w[0] as i32, libc::SIGSTOP) }, 0);
+    let sock = plugin.socket.clone();
+    let n = name.clone();
+    let get = std::thread::spawn(move || call(&sock, "VolumeDriver.Get", json!({"Name": n})));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!get.is_finished(), "a stopped worker answered");
+    let t0 = Instant::now();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(w[0] as i32, libc::SIGKILL) }, 0);
+    let r = get.join().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the failed call took {:?}",
+        t0.elapsed()
+    );
+    let err = r.err();
+    assert!(
+        err.contains("volume worker") && err.contains(&format!("pid {}", w[0])),
+        "{err}"
+    );
+    assert!(err.contains("exited"), "{err}");
+
+    // The next call starts a new worker and works.
+    let r = call(&plugin.socket, "VolumeDriver.Get", json!({"Name": name}));
+    assert_eq!(r.err(), "", "{}", plugin.log_text());
+    assert_eq!(r.json()["Volume"]["Name"], json!(name));
+    let w2 = workers(pid);
+    assert_eq!(w2.len(), 1, "{w2:?}");
+    assert_ne!(w2, w);
+    assert!(!maps_librbd(pid));
+}
