@@ -658,6 +658,18 @@ ceph-mon-op = 3
         assert_eq!(cfg.reconcile_interval, Duration::from_secs(30));
         assert!(cfg.serve_pools.is_empty());
         assert_eq!(cfg.worker_idle, Duration::from_secs(20));
+        // The volume worker's idle time: file, then environment.
+        let p = temp_file("worker.toml", "worker-idle = 5\n");
+        let cfg = PluginConfig::load_from(&env(&[]), &with_file(&p)).unwrap();
+        assert_eq!(cfg.worker_idle, Duration::from_secs(5));
+        let cfg =
+            PluginConfig::load_from(&env(&[("RBD_WORKER_IDLE", "0.5")]), &with_file(&p)).unwrap();
+        assert_eq!(cfg.worker_idle, Duration::from_millis(500));
+        for bad in ["0", "-1", "soon"] {
+            let e = PluginConfig::load_from(&env(&[("RBD_WORKER_IDLE", bad)]), &with_file(&p))
+                .unwrap_err();
+            assert!(e.to_string().contains("RBD_WORKER_IDLE"), "{e}");
+        }
         // Bad values name the setting.
         for (k, v, want) in [
             ("RBD_RECONCILE_INTERVAL", "0.5", "reconcile-interval"),

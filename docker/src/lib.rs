@@ -13,6 +13,7 @@
 //! - [`config`]: defaults, config file, environment, flags.
 //! - [`rbd`]: the real backend, `rbd_driver::volume::Driver` and this node's daemon.
 //! - [`worker`]: the volume worker process that runs what needs librbd.
+//! - [`reaper`]: reaping orphans when the plugin is PID 1 (the managed plugin).
 //! - [`memory`]: handing the dead start-up stack back to the kernel.
 //! - [`app`]: start-up: bind, connect the driver in the background, serve until a signal.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod memory;
 pub mod protocol;
 pub mod rbd;
+pub mod reaper;
 pub mod rfc3339;
 pub mod server;
 pub mod service;

@@ -81,6 +81,9 @@ fn main() -> ExitCode {
     if cli.volume_worker {
         return docker_volume_rbd::worker::serve(&cfg);
     }
+    if docker_volume_rbd::reaper::start_if_init() {
+        tracing::info!("running as PID 1 of this PID namespace: reaping orphaned processes");
+    }
     match released {
         Ok(n) => tracing::debug!("released {} KiB of dead start-up stack", n / 1024),
         Err(e) => tracing::debug!("cannot release the dead start-up stack: {e}"),
