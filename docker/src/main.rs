@@ -81,8 +81,13 @@ fn main() -> ExitCode {
     if cli.volume_worker {
         return docker_volume_rbd::worker::serve(&cfg);
     }
+    // Before any thread of the plugin exists.
+    let one_arena = docker_volume_rbd::memory::single_arena();
     if docker_volume_rbd::reaper::start_if_init() {
         tracing::info!("running as PID 1 of this PID namespace: reaping orphaned processes");
+    }
+    if !one_arena {
+        tracing::debug!("malloc did not take M_ARENA_MAX = 1");
     }
     match released {
         Ok(n) => tracing::debug!("released {} KiB of dead start-up stack", n / 1024),

@@ -195,11 +195,11 @@ fn unexpected(a: Answer) -> PluginError {
 }
 
 impl VolumeBackend for RbdBackend {
-    /// Stops the volume worker (within 3 s; it finishes its calls first) and the node
+    /// Stops the volume worker (within 2 s; it finishes its calls first) and the node
     /// daemon: its control watches are removed (so other nodes see at once that nobody
     /// answers for this node), its reconcile thread ends.
     fn shutdown(&self) {
-        self.workers.shutdown(Duration::from_secs(3));
+        self.workers.shutdown(Duration::from_secs(2));
         let d = self.daemon.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(d) = d {
             tracing::info!("stopping the node daemon of node {}", self.driver.node());

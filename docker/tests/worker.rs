@@ -207,3 +207,96 @@ fn a_dead_worker_fails_its_calls_and_the_next_call_gets_a_new_one() {
     assert_ne!(w2, w);
     assert!(!maps_librbd(pid));
 }
+
+/// Removes a pool (test cleanup, also on failure).
+struct PoolGuard {
+    conf: std::path::PathBuf,
+    pool: String,
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("timeout")
+            .arg("60")
+            .arg("ceph")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["osd", "pool", "rm", &self.pool, &self.pool])
+            .arg("--yes-i-really-really-mean-it")
+            .output();
+    }
+}
+
+fn cli(conf: &std::path::Path, tool: &str, args: &[&str]) {
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(tool)
+        .arg("-c")
+        .arg(conf)
+        .args(args)
+        .output()
+        .expect("run the ceph CLI");
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A volume mounted in a pool the node daemon did not answer in: the worker asks the
+/// plugin (`serve-pool`), whose daemon watches that pool's control object before the
+/// mapping is registered there.
+#[test]
+fn the_worker_has_the_plugins_daemon_serve_a_new_pool_before_registering() {
+    let Some((conf, dir)) = setup("worker-pool") else {
+        return;
+    };
+    let pool = testkit::unique("wpool");
+    let _pool_guard = PoolGuard {
+        conf: conf.clone(),
+        pool: pool.clone(),
+    };
+    cli(&conf, "ceph", &["osd", "pool", "create", &pool, "8"]);
+    cli(&conf, "rbd", &["pool", "init", &pool]);
+    let mut spec = PluginSpec::new(&conf, dir.path());
+    // No periodic reconcile during the test: only the worker's request can add the pool.
+    spec.env
+        .insert("RBD_RECONCILE_INTERVAL".into(), "3600".into());
+    let plugin = Plugin::start(&spec);
+    let name = testkit::unique("wp");
+    let _guard = VolumeGuard {
+        socket: plugin.socket.clone(),
+        ceph: conf.clone(),
+        pool: pool.clone(),
+        name: name.clone(),
+    };
+    let serving = format!("answering control requests in pool {pool}");
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Create",
+        json!({"Name": name, "Opts": {"size": "32M", "pool": pool}}),
+    );
+    assert_eq!(r.err(), "", "create: {}", r.err());
+    assert!(
+        !plugin.log_text().contains(&serving),
+        "served before any mount"
+    );
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Mount",
+        json!({"Name": name, "ID": "m1"}),
+    );
+    assert_eq!(r.err(), "", "mount: {}\n{}", r.err(), plugin.log_text());
+    // The daemon (in the plugin process) serves the pool by the time the attach is done:
+    // nothing else could have asked it to (no reconcile ran since the start).
+    let log = plugin.log_text();
+    assert!(log.contains(&serving), "{serving:?} not in\n{log}");
+    let r = call(
+        &plugin.socket,
+        "VolumeDriver.Unmount",
+        json!({"Name": name, "ID": "m1"}),
+    );
+    assert_eq!(r.err(), "", "unmount: {}", r.err());
+    let r = call(&plugin.socket, "VolumeDriver.Remove", json!({"Name": name}));
+    assert_eq!(r.err(), "", "remove: {}", r.err());
+}

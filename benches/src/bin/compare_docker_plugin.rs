@@ -275,6 +275,7 @@ fn bench_list(n: usize) -> Res<()> {
     let t0 = Instant::now();
     let created = create_all(&plugin.sock, &names, 4);
     let create_s = t0.elapsed().as_secs_f64();
+    let mut extra: Vec<String> = Vec::new();
     let result = (|| -> Res<()> {
         created?;
         // Warm up, then measure.
@@ -315,6 +316,21 @@ fn bench_list(n: usize) -> Res<()> {
         thread::sleep(Duration::from_secs(12).saturating_sub(t_idle.elapsed()));
         thread::sleep(Duration::from_secs(2));
         let rss_end = rss_kib(pid)?;
+        // A Create with no worker running (it starts one), then one with it running.
+        let mut one = |suffix: &str| -> Res<f64> {
+            let name = format!("{prefix}-{suffix}");
+            let t = Instant::now();
+            let r = call(
+                &plugin.sock,
+                "VolumeDriver.Create",
+                &format!(r#"{{"Name":"{name}","Opts":{{"size":"16M"}}}}"#),
+            );
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            extra.push(name);
+            r.map(|_| ms)
+        };
+        let cold = one("cold")?;
+        let warm = one("warm")?;
         let med = median(&mut ms);
         let p95 = pct(&mut ms, 0.95);
         println!("| measurement | value | target |");
@@ -338,9 +354,14 @@ fn bench_list(n: usize) -> Res<()> {
             "| `VolumeDriver.Create` x {n} (4 in parallel) | {create_s:.1} s ({:.1} ms each) | |",
             create_s * 1000.0 / n as f64 * 4.0
         );
+        println!(
+            "| one `VolumeDriver.Create` with no volume worker running (starts one) / with one running | {cold:.0} ms / {warm:.0} ms | |"
+        );
         Ok(())
     })();
     eprintln!("removing the volumes ...");
+    let mut names = names;
+    names.extend(extra);
     let removed = remove_all(&plugin.sock, &names, 4);
     drop(plugin);
     result?;
