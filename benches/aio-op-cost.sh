@@ -3,8 +3,8 @@
 # aio (benches/src/bin/aio_op_cost.rs, both APIs) against `rbd bench --io-threads 16`
 # (plain, and with the rados_osd_op_timeout rbd-core always sets).
 #
-# usage: benches/aio-op-cost.sh [--mallocs] [--runs R (3)] [--ops N (200000)] [--base B (20000)]
-#                               [--subjects "zc copy rbd rbd-tmo"] [--write]
+# usage: benches/aio-op-cost.sh [--mallocs | --instructions] [--runs R (3)] [--ops N (200000)]
+#                               [--base B (20000)] [--subjects "zc copy rbd rbd-tmo"] [--write]
 #
 # Needs a dev cluster (CEPH_CONF set: eval "$(scripts/dev-cluster.sh up)"), perf, and a
 # release build (cargo build --release -p benches --bin aio_op_cost). Creates and fills
@@ -17,23 +17,30 @@
 # --mallocs adds uprobes on glibc's malloc, calloc, realloc, posix_memalign and free
 # (`perf probe`, removed again on exit; uprobes slow the process down, so times printed
 # in that mode mean little).
+# --instructions counts user-space instructions instead (the VM has no hardware counters
+# for perf): each run under valgrind's callgrind, its total `Ir`; use smaller counts, e.g.
+# --ops 20000 --base 2000 --runs 1 (valgrind runs one thread at a time, 30-50x slower).
+# AIO_OP_COST_BIN=path picks another build of aio_op_cost; AIO_OP_COST_OTHER=path adds the
+# subjects zc-other and copy-other, run from that build (e.g. one from before a change),
+# interleaved with the others so that both see the same machine.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 bin=${AIO_OP_COST_BIN:-$repo/target/release/aio_op_cost}
 image=rbd/aio-op-cost
-runs=3 ops=200000 base=20000 mallocs=0 write=0
+runs=3 ops=200000 base=20000 mallocs=0 write=0 instructions=0
 subjects="zc copy rbd rbd-tmo"
 while [ $# -gt 0 ]; do
   case $1 in
     --mallocs) mallocs=1 ;;
+    --instructions) instructions=1 ;;
     --write) write=1 ;;
     --runs) runs=$2; shift ;;
     --ops) ops=$2; shift ;;
     --base) base=$2; shift ;;
     --subjects) subjects=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -75,9 +82,11 @@ iotype=read; [ "$write" = 1 ] && iotype=write
 set_cmd() { # subject ops -> the array `c`
   local n=$2
   case $1 in
-    zc|copy)
-      local api=zero-copy; [ "$1" = copy ] && api=copy
-      c=(timeout $T "$bin" --image "$image" --ops "$n" --api "$api")
+    zc|copy|zc-other|copy-other)
+      local api=zero-copy b=$bin
+      case $1 in copy*) api=copy ;; esac
+      case $1 in *-other) b=${AIO_OP_COST_OTHER:?AIO_OP_COST_OTHER is not set} ;; esac
+      c=(timeout $T "$b" --image "$image" --ops "$n" --api "$api")
       if [ "$write" = 1 ]; then c+=(--write); fi ;;
     rbd|rbd-tmo)
       c=(timeout $T rbd -c "$CEPH_CONF" --rbd-cache=false)
@@ -94,6 +103,14 @@ for r in $(seq 1 "$runs"); do
   for s in $subjects; do
     for n in $base $((base + ops)); do
       set_cmd "$s" "$n"
+      if [ "$instructions" = 1 ]; then
+        # timeout first, then valgrind: the limit applies to the whole run.
+        c=("${c[@]:0:2}" valgrind --tool=callgrind --callgrind-out-file="$out/cg" "${c[@]:2}")
+        "${c[@]}" >/dev/null 2>"$out/log" ||
+          { echo "$s with $n requests failed:" >&2; cat "$out/log" >&2; exit 1; }
+        awk '/^summary:/ {print $2 ",,Ir"}' "$out/cg" >"$out/$s.$n.$r"
+        continue
+      fi
       perf stat -x, -e "$events" -o "$out/$s.$n.$r" -- "${c[@]}" >/dev/null 2>"$out/log" ||
         { echo "$s with $n requests failed:" >&2; cat "$out/log" >&2; exit 1; }
     done
@@ -101,6 +118,7 @@ for r in $(seq 1 "$runs"); do
 done
 
 # Per subject and event: median over runs at each count, then the difference per request.
+[ "$instructions" = 1 ] && events=Ir
 printf '%-8s' subject
 ev_names=$(echo "$events" | tr , ' ')
 for e in $ev_names; do printf ' %16s' "${e#*:}"; done
