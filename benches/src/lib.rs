@@ -6,13 +6,17 @@
 //! ([`Workload`]), our side of them over rbd-core's aio ([`run_ours`]), the anchor's side
 //! ([`run_rbd_bench`]), and small statistics helpers.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use futures::task::AtomicWaker;
 use rbd_core::{Image, IoFlags};
 
 /// Read or write.
@@ -243,36 +247,54 @@ pub async fn run_ours(
     let flags = w.flags();
     let total_ops = w.ops();
     let mut submitted = 0u64;
-    let mut inflight = FuturesUnordered::new();
+    let mut completed = 0u64;
+    let mut slots = InFlight::new(depth);
     let start = Instant::now();
-    while submitted < total_ops || !inflight.is_empty() {
-        while inflight.len() < depth && submitted < total_ops {
-            let off = offsets.next().unwrap_or(0);
-            inflight.push(match (api, w.io_type, &shared) {
-                (Api::ZeroCopy, IoType::Read, _) => {
-                    Request::Buffer(img.aio_read_buffer_with(off, io_size, flags))
+    futures::future::poll_fn(|cx| {
+        let r = slots.poll_ready(cx, |slot, scx| {
+            loop {
+                let fut = match slot {
+                    Some(f) => f,
+                    None if submitted == total_ops => return Ok(()),
+                    None => {
+                        let off = offsets.next().unwrap_or(0);
+                        submitted += 1;
+                        slot.insert(match (api, w.io_type, &shared) {
+                            (Api::ZeroCopy, IoType::Read, _) => {
+                                Request::Buffer(img.aio_read_buffer_with(off, io_size, flags))
+                            }
+                            (Api::ZeroCopy, IoType::Write, Some(data)) => {
+                                Request::Len(img.aio_write_buffer_with(off, data, flags))
+                            }
+                            (_, io_type, _) => {
+                                let buf = pool.pop().expect("one buffer per request in flight");
+                                Request::Vec(match io_type {
+                                    IoType::Read => img.aio_read_with(off, buf, flags),
+                                    IoType::Write => img.aio_write_buf_with(off, buf, flags),
+                                })
+                            }
+                        })
+                    }
+                };
+                let Poll::Ready(r) = Pin::new(fut).poll(scx) else {
+                    return Ok(());
+                };
+                *slot = None;
+                let (n, buf) = r.context("benchmark request failed")?;
+                if n != io_size {
+                    bail!("short request: {n} of {io_size} bytes");
                 }
-                (Api::ZeroCopy, IoType::Write, Some(data)) => {
-                    Request::Len(img.aio_write_buffer_with(off, data, flags))
-                }
-                (_, io_type, _) => {
-                    let buf = pool.pop().expect("one buffer per request in flight");
-                    Request::Vec(match io_type {
-                        IoType::Read => img.aio_read_with(off, buf, flags),
-                        IoType::Write => img.aio_write_buf_with(off, buf, flags),
-                    })
-                }
-            });
-            submitted += 1;
-        }
-        if let Some(r) = inflight.next().await {
-            let (n, buf) = r.context("benchmark request failed")?;
-            if n != io_size {
-                bail!("short request: {n} of {io_size} bytes");
+                pool.extend(buf);
+                completed += 1;
             }
-            pool.extend(buf);
+        });
+        match r {
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(()) if completed == total_ops => Poll::Ready(Ok(())),
+            Ok(()) => Poll::Pending,
         }
-    }
+    })
+    .await?;
     img.aio_flush().await?;
     Ok(Measurement::from_ops(total_ops, w.io_size, start.elapsed()))
 }
@@ -285,7 +307,7 @@ enum Request {
     Buffer(rbd_core::AioFuture<rbd_core::Buffer>),
 }
 
-impl std::future::Future for Request {
+impl Future for Request {
     type Output = rbd_core::Result<(usize, Option<Vec<u8>>)>;
 
     fn poll(
@@ -301,6 +323,94 @@ impl std::future::Future for Request {
             Request::Buffer(f) => std::pin::Pin::new(f)
                 .poll(cx)
                 .map(|r| r.map(|b| (b.len(), None))),
+        }
+    }
+}
+
+/// `depth` slots of requests in flight, driven by one task without an allocation per
+/// request (`FuturesUnordered` allocates a task for every future pushed): each slot has
+/// its own waker, made once, which marks the slot ready and wakes the driving task.
+struct InFlight<F> {
+    slots: Vec<Option<F>>,
+    wakers: Vec<Waker>,
+    ready: Arc<Ready>,
+}
+
+/// Which slots of an [`InFlight`] were woken, and the task to wake for them.
+struct Ready {
+    bits: Vec<AtomicU64>,
+    task: AtomicWaker,
+}
+
+/// The waker of one slot.
+struct SlotWaker {
+    slot: usize,
+    ready: Arc<Ready>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.bits[self.slot / 64].fetch_or(1 << (self.slot % 64), Ordering::AcqRel);
+        self.ready.task.wake();
+    }
+}
+
+impl<F> InFlight<F> {
+    /// `depth` empty slots, all marked ready (to be filled on the first poll).
+    fn new(depth: usize) -> Self {
+        let ready = Arc::new(Ready {
+            bits: (0..depth.div_ceil(64))
+                .map(|w| {
+                    let n = (depth - w * 64).min(64);
+                    AtomicU64::new(if n == 64 { u64::MAX } else { (1 << n) - 1 })
+                })
+                .collect(),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            slots: (0..depth).map(|_| None).collect(),
+            wakers: (0..depth)
+                .map(|slot| {
+                    Waker::from(Arc::new(SlotWaker {
+                        slot,
+                        ready: Arc::clone(&ready),
+                    }))
+                })
+                .collect(),
+            ready,
+        }
+    }
+
+    /// Registers the driving task's waker, then calls `f` with each slot marked ready
+    /// (and a context holding that slot's waker), until none is; stops at `f`'s first
+    /// error.
+    fn poll_ready(
+        &mut self,
+        cx: &std::task::Context<'_>,
+        mut f: impl FnMut(&mut Option<F>, &mut std::task::Context<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.ready.task.register(cx.waker());
+        loop {
+            let mut any = false;
+            for (w, word) in self.ready.bits.iter().enumerate() {
+                let mut bits = word.swap(0, Ordering::AcqRel);
+                while bits != 0 {
+                    any = true;
+                    let i = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    f(
+                        &mut self.slots[i],
+                        &mut std::task::Context::from_waker(&self.wakers[i]),
+                    )?;
+                }
+            }
+            if !any {
+                return Ok(());
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mgmt::{TestImage, plain_opts};
-use rbd_core::rbd::{Features, ImageOptions};
+use rbd_core::rbd::{Features, ImageOptions, Shrink};
 use rbd_core::{AioFuture, ErrorKind, Image, OpenOptions};
 use testkit::pattern;
 
@@ -238,6 +238,95 @@ fn errors_come_back_through_the_future() {
             b"the end!"
         );
     });
+}
+
+/// Reads trust the size their handle last saw while they stay inside it (no
+/// `rbd_get_size` per read): a resize by another client must still be honoured, with or
+/// without the exclusive lock (with it, the resize is proxied to the lock's owner).
+#[test]
+fn reads_see_a_resize_by_another_client() {
+    let Some((rados, conf)) = common::connect() else {
+        return;
+    };
+    let other = mgmt::second_client(&conf);
+    for (what, opts) in [("plain", plain_opts()), ("default", ImageOptions::new())] {
+        let size = 4 * MIB;
+        let t = TestImage::create(&rados, "aio-resize", size, &opts);
+        let img = t.open();
+        let mut split = t.open();
+        split.set_max_request_size(4096).unwrap();
+        img.write_at(size - 8, b"the end!").unwrap();
+        img.write_at(2 * MIB - 8, b"mid end!").unwrap();
+        let theirs =
+            Image::open(&other.ioctx("rbd").unwrap(), &t.name, &OpenOptions::new()).unwrap();
+        runtime().block_on(async {
+            // Both handles learn the size (4 MiB).
+            assert_eq!(
+                img.aio_read(size - 8, vec![0; 8]).await.unwrap(),
+                b"the end!"
+            );
+            assert_eq!(
+                &img.aio_read_buffer(size - 8, 8).await.unwrap()[..],
+                b"the end!"
+            );
+            assert_eq!(
+                split.aio_read(size - 8, vec![0; 8]).await.unwrap(),
+                b"the end!"
+            );
+
+            // Another client shrinks the image to 2 MiB.
+            theirs.resize(2 * MIB, Shrink::Allow).unwrap();
+            // Straddling the new end: short at it.
+            let d = img.aio_read(2 * MIB - 8, vec![0; 4096]).await.unwrap();
+            assert_eq!(d, b"mid end!", "{what}");
+            let b = img.aio_read_buffer(2 * MIB - 8, 4096).await.unwrap();
+            assert_eq!(&b[..], b"mid end!", "{what}");
+            // Split into 4 KiB librbd requests, the ones past the new end are refused by
+            // librbd: the read is short, not an error.
+            let d = split
+                .aio_read(2 * MIB - 8, vec![0; 3 * 4096])
+                .await
+                .unwrap();
+            assert_eq!(d, b"mid end!", "{what}");
+            // Past the new end (inside the old one): InvalidInput, as for any read there.
+            for off in [2 * MIB, 3 * MIB] {
+                let e = img.aio_read(off, vec![0; 4096]).await.unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+                let e = img.aio_read_buffer(off, 4096).await.unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+                let e = split.aio_read(off, vec![0; 4096]).await.unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+            }
+            // Writes check the current size every time.
+            let e = img.aio_write(3 * MIB, vec![0; 8]).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+            assert!(e.to_string().contains("past the end"), "{e}");
+
+            // Then it grows to 8 MiB and gets new data at its new end.
+            theirs.resize(8 * MIB, Shrink::Forbid).unwrap();
+            theirs.write_at(8 * MIB - 8, b"new end!").unwrap();
+            // Reads past the size last seen see the new size.
+            assert_eq!(
+                img.aio_read(8 * MIB - 8, vec![0; 8]).await.unwrap(),
+                b"new end!",
+                "{what}"
+            );
+            assert_eq!(
+                &split.aio_read_buffer(8 * MIB - 8, 8).await.unwrap()[..],
+                b"new end!",
+                "{what}"
+            );
+            // Across the old ends, in full: zeros where the shrink cut the data off.
+            let d = img.aio_read(2 * MIB - 8, vec![1; 3 * 4096]).await.unwrap();
+            assert_eq!(d.len(), 3 * 4096, "{what}");
+            assert_eq!(&d[..8], b"mid end!");
+            assert!(d[8..].iter().all(|&b| b == 0), "{what}");
+            let d = split.aio_read(4 * MIB - 4096, vec![1; 8192]).await.unwrap();
+            assert_eq!(d.len(), 8192, "{what}");
+            assert!(d.iter().all(|&b| b == 0), "{what}");
+        });
+        theirs.close().unwrap();
+    }
 }
 
 #[test]

@@ -47,7 +47,11 @@
 //!
 //! Ranges are checked as for the synchronous calls ([`crate::rbd::io`]): a write,
 //! discard or write-zeroes past the end fails with `InvalidInput` before anything is
-//! sent, and a read that runs past the end is short. Requests larger than
+//! sent, and a read that runs past the end is short. Writes ask librbd for the image's
+//! size every time (`rbd_get_size`). Reads inside the size this handle last saw do not:
+//! the handle forgets that size whenever librbd announces a change of the image (its
+//! update watch, called before a resize by another client returns there), so a read
+//! still sees every resize. Requests larger than
 //! [`Image::max_request_size`] are split into several librbd requests behind one future.
 //! Errors that librbd reports (e.g. `ReadOnly` for writes through a read-only or snapshot
 //! handle) arrive through the future. Every operation is bounded by the connection's OSD
@@ -85,7 +89,10 @@ enum Data {
     None,
     /// The caller's buffer (C API reads and writes).
     Vec(Vec<u8>),
-    /// One output list per librbd request (zero-copy reads through the shim).
+    /// The output list of a zero-copy read made of one librbd request (the usual case:
+    /// no `Vec` to allocate).
+    List(RawList),
+    /// One output list per librbd request (zero-copy reads split into several).
     Lists(Vec<RawList>),
 }
 
@@ -129,14 +136,36 @@ struct Slot {
 /// One operation (one future), possibly made of several librbd requests.
 struct Op {
     slot: Mutex<Slot>,
+    /// A read (a short result is not an error).
+    read: bool,
+    /// The whole operation's length (1 for a flush), which is the piece's length when
+    /// it is one librbd request ([`aio_done_whole`]).
+    len: u64,
 }
 
 impl Op {
+    fn new(pending: usize, read: bool, len: u64) -> Op {
+        Op {
+            slot: Mutex::new(Slot {
+                pending,
+                ..Slot::default()
+            }),
+            read,
+            len,
+        }
+    }
+
     /// Records one piece's result. Runs on librbd's callback thread: light work only.
-    fn complete_piece(&self, rel_off: u64, len: u64, read: bool, ret: isize) {
+    fn complete_piece(&self, rel_off: u64, len: u64, ret: isize) {
+        let read = self.read;
         let (waker, parked) = {
             let mut s = lock(&self.slot);
-            if ret < 0 {
+            if read && rel_off > 0 && ret == -(libc::EINVAL as isize) {
+                // librbd refuses a read that starts at or past the image's end with
+                // EINVAL: a later piece of a read that the image's end (which may have
+                // moved since we checked it) cuts short. The read ends where it starts.
+                s.short_at = Some(s.short_at.map_or(rel_off, |e| e.min(rel_off)));
+            } else if ret < 0 {
                 if s.errno.is_none() {
                     s.errno = Some(i32::try_from(-(ret as i64)).unwrap_or(libc::EIO));
                 }
@@ -169,29 +198,51 @@ impl Op {
     }
 }
 
-/// What each librbd completion carries through its `void *` argument.
+/// What the completion of one librbd request of a split operation carries through its
+/// `void *` argument.
 struct Piece {
     op: Arc<Op>,
     rel_off: u64,
     len: u64,
-    read: bool,
 }
 
-/// `rbd_callback_t`: one librbd request completed.
-unsafe extern "C" fn aio_done(comp: sys::rbd_completion_t, arg: *mut c_void) {
+/// Takes a completion's return value and releases the completion.
+///
+/// # Safety
+/// `comp` is the live completion of the running callback, released nowhere else.
+unsafe fn take_return_value(comp: sys::rbd_completion_t) -> isize {
+    // SAFETY: `comp` is this callback's live completion (caller's contract).
+    let ret = unsafe { sys::rbd_aio_get_return_value(comp) };
+    // SAFETY: released once, here; librbd allows releasing a completion from its own
+    // callback (it holds its own reference until the callback returns), as rbd-nbd and
+    // qemu do.
+    unsafe { sys::rbd_aio_release(comp) };
+    ret
+}
+
+/// `rbd_callback_t` of a split operation: one of its librbd requests completed.
+unsafe extern "C" fn aio_done_piece(comp: sys::rbd_completion_t, arg: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `arg` is the Box<Piece> leaked when this completion was created; librbd
         // calls this exactly once per completion, so it is taken back exactly once.
         let piece = unsafe { Box::from_raw(arg.cast::<Piece>()) };
-        // SAFETY: `comp` is this callback's live completion.
-        let ret = unsafe { sys::rbd_aio_get_return_value(comp) };
-        // SAFETY: released once, here; librbd allows releasing a completion from its own
-        // callback (it holds its own reference until the callback returns), as rbd-nbd
-        // and qemu do.
-        unsafe { sys::rbd_aio_release(comp) };
-        piece
-            .op
-            .complete_piece(piece.rel_off, piece.len, piece.read, ret);
+        // SAFETY: this callback's completion, released only here.
+        let ret = unsafe { take_return_value(comp) };
+        piece.op.complete_piece(piece.rel_off, piece.len, ret);
+    }));
+}
+
+/// `rbd_callback_t` of an operation made of one librbd request (most are): its argument
+/// is the operation itself, one `Arc<Op>` reference, so no per-request box is needed.
+unsafe extern "C" fn aio_done_whole(comp: sys::rbd_completion_t, arg: *mut c_void) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `arg` is the reference leaked with `Arc::into_raw` when this completion
+        // was created; librbd calls this exactly once per completion, so it is taken back
+        // exactly once.
+        let op = unsafe { Arc::from_raw(arg.cast_const().cast::<Op>()) };
+        // SAFETY: this callback's completion, released only here.
+        let ret = unsafe { take_return_value(comp) };
+        op.complete_piece(0, op.len, ret);
     }));
 }
 
@@ -311,6 +362,13 @@ impl<T> Future for AioFuture<T> {
                     }
                     (s.errno, s.short_at)
                 };
+                if run.op.read && (short_at.is_some() || errno == Some(libc::EINVAL)) {
+                    // The image may have shrunk below the size hint this read trusted:
+                    // ask librbd for the size next time.
+                    if let Some(h) = &run.image {
+                        h.forget_size_hint();
+                    }
+                }
                 match errno {
                     Some(e) => {
                         let ctx = run.image.as_ref().map_or_else(Context::none, |h| h.ctx());
@@ -384,6 +442,11 @@ fn out_unit(_: Data, _: u64) -> Result<()> {
 /// end of the first short piece if any.
 fn out_buffer(data: Data, n: u64) -> Result<Buffer> {
     let mut lists = match data {
+        Data::List(l) => {
+            let mut b = Buffer::from_list(l)?;
+            b.truncate(n as usize);
+            return Ok(b);
+        }
         Data::Lists(l) => l.into_iter(),
         _ => Vec::new().into_iter(),
     };
@@ -398,6 +461,9 @@ fn out_buffer(data: Data, n: u64) -> Result<Buffer> {
     Ok(b)
 }
 
+/// A completion callback (`rbd_callback_t`).
+type Callback = unsafe extern "C" fn(sys::rbd_completion_t, *mut c_void);
+
 /// What [`Image::aio_start`] hands librbd.
 enum Payload<'a> {
     None,
@@ -409,6 +475,23 @@ enum Payload<'a> {
 }
 
 impl Image {
+    /// How much of `[offset, offset + len)` (`len > 0`) a read gets, as
+    /// [`Image::clip_read`] with the image's size, but without asking librbd for the size
+    /// (`rbd_get_size`, which takes librbd's locks and costs a few hundred instructions
+    /// per request) when the range lies inside the size hint
+    /// ([`ImageHandle::size_hint`](crate::rbd::image::ImageHandle::size_hint)): the hint
+    /// is forgotten as soon as librbd learns of a change of the image. Any other range
+    /// asks librbd. Should the image still shrink under a read in flight, librbd clips it
+    /// (short) or fails it with `EINVAL` (`InvalidInput`), as it does without the hint.
+    fn read_len(&self, offset: u64, len: u64) -> Result<u64> {
+        let hint = self.handle.size_hint();
+        if offset.checked_add(len).is_some_and(|end| end <= hint) {
+            return Ok(len);
+        }
+        let size = self.size()?;
+        self.clip_read(offset, len, size)
+    }
+
     /// Reads `buf.len()` bytes at `offset` (`rbd_aio_read2`); resolves to `buf`,
     /// truncated to the bytes read (fewer only when the image ends first).
     ///
@@ -423,10 +506,7 @@ impl Image {
         if buf.is_empty() {
             return AioFuture::ready(Ok((Data::Vec(buf), 0)), out_vec);
         }
-        let len = match self
-            .size()
-            .and_then(|size| self.clip_read(offset, buf.len() as u64, size))
-        {
+        let len = match self.read_len(offset, buf.len() as u64) {
             Ok(l) => l,
             Err(e) => return AioFuture::ready(Err(e), out_vec),
         };
@@ -517,10 +597,7 @@ impl Image {
                 out_buffer,
             );
         }
-        let len = match self
-            .size()
-            .and_then(|size| self.clip_read(offset, len as u64, size))
-        {
+        let len = match self.read_len(offset, len as u64) {
             Ok(l) => l,
             Err(e) => return AioFuture::ready(Err(e), out_buffer),
         };
@@ -634,6 +711,10 @@ impl Image {
         let mut data = match payload {
             Payload::None => Data::None,
             Payload::Vec(v) => Data::Vec(v),
+            Payload::ReadLists if count == 1 => match RawList::zeroed(0) {
+                Ok(list) => Data::List(list),
+                Err(e) => return AioFuture::ready(Err(e), finish),
+            },
             Payload::ReadLists => match (0..count).map(|_| RawList::zeroed(0)).collect() {
                 Ok(lists) => Data::Lists(lists),
                 Err(e) => return AioFuture::ready(Err(e), finish),
@@ -643,12 +724,11 @@ impl Image {
                 Data::None
             }
         };
-        let op = Arc::new(Op {
-            slot: Mutex::new(Slot {
-                pending: count,
-                ..Slot::default()
-            }),
-        });
+        let op = Arc::new(Op::new(
+            count,
+            matches!(kind, Kind::Read | Kind::ReadList),
+            span,
+        ));
         // Taken once; the Vec and the lists are not touched again until the operation is
         // done (moving a Vec does not move its heap buffer; the lists are heap objects).
         let base: *mut u8 = match &mut data {
@@ -658,17 +738,28 @@ impl Image {
         let image = self.handle.ptr();
         for (i, (off, n)) in pieces.enumerate() {
             let rel = off - offset;
-            let piece = Box::into_raw(Box::new(Piece {
-                op: op.clone(),
-                rel_off: rel,
-                len: n,
-                read: matches!(kind, Kind::Read | Kind::ReadList),
-            }));
+            // The callback's argument: the operation itself when it is one request (no
+            // allocation), else a boxed piece naming its range.
+            let (arg, done): (*mut c_void, Callback) = if count == 1 {
+                (
+                    Arc::into_raw(Arc::clone(&op)).cast_mut().cast(),
+                    aio_done_whole,
+                )
+            } else {
+                (
+                    Box::into_raw(Box::new(Piece {
+                        op: Arc::clone(&op),
+                        rel_off: rel,
+                        len: n,
+                    }))
+                    .cast(),
+                    aio_done_piece,
+                )
+            };
             let mut comp: sys::rbd_completion_t = std::ptr::null_mut();
-            // SAFETY: `piece` is a leaked Box owned by the callback from now on; `comp` is
-            // a valid out-pointer.
-            let ret =
-                unsafe { sys::rbd_aio_create_completion(piece.cast(), Some(aio_done), &mut comp) };
+            // SAFETY: `arg` (a leaked Arc or Box, as `done` expects) is owned by the
+            // callback from now on; `comp` is a valid out-pointer.
+            let ret = unsafe { sys::rbd_aio_create_completion(arg, Some(done), &mut comp) };
             let ret = if ret < 0 {
                 ret
             } else {
@@ -697,6 +788,7 @@ impl Image {
                             off,
                             n_sz,
                             match &data {
+                                Data::List(l) => l.ptr(),
                                 Data::Lists(l) => l[i].ptr(),
                                 _ => std::ptr::null_mut(),
                             },
@@ -728,8 +820,13 @@ impl Image {
                     // SAFETY: created above and never handed to a queued request.
                     unsafe { sys::rbd_aio_release(comp) };
                 }
-                // SAFETY: the Box leaked above, which no callback will take.
-                drop(unsafe { Box::from_raw(piece) });
+                if count == 1 {
+                    // SAFETY: the Arc reference leaked above, which no callback will take.
+                    drop(unsafe { Arc::from_raw(arg.cast_const().cast::<Op>()) });
+                } else {
+                    // SAFETY: the Box leaked above, which no callback will take.
+                    drop(unsafe { Box::from_raw(arg.cast::<Piece>()) });
+                }
                 let unsubmitted = count - i;
                 let mut s = lock(&op.slot);
                 s.errno.get_or_insert(-ret);
@@ -776,44 +873,43 @@ mod tests {
 
     #[test]
     fn pieces_complete_into_one_result() {
-        let op = Op {
-            slot: Mutex::new(Slot {
-                pending: 3,
-                ..Slot::default()
-            }),
-        };
-        op.complete_piece(0, 4, true, 4);
-        op.complete_piece(8, 4, true, 1); // short at 9
+        let op = Op::new(3, true, 12);
+        op.complete_piece(0, 4, 4);
+        op.complete_piece(8, 4, 1); // short at 9
         assert!(!lock(&op.slot).done);
-        op.complete_piece(4, 4, true, 2); // short at 6: the earliest wins
+        op.complete_piece(4, 4, 2); // short at 6: the earliest wins
         let s = lock(&op.slot);
         assert!(s.done);
         assert_eq!(s.short_at, Some(6));
         assert_eq!(s.errno, None);
         drop(s);
 
-        let op = Op {
-            slot: Mutex::new(Slot {
-                pending: 2,
-                ..Slot::default()
-            }),
-        };
-        op.complete_piece(0, 4, false, -(libc::EROFS as isize));
-        op.complete_piece(4, 4, false, -(libc::EIO as isize));
+        let op = Op::new(2, false, 8);
+        op.complete_piece(0, 4, -(libc::EROFS as isize));
+        op.complete_piece(4, 4, -(libc::EIO as isize));
         let s = lock(&op.slot);
         assert_eq!(s.errno, Some(libc::EROFS), "the first error is kept");
         // Writes complete with 0, which is not a short read.
         assert_eq!(s.short_at, None);
+        drop(s);
+
+        // A later read piece refused with EINVAL starts past the (new) end: short there.
+        let op = Op::new(3, true, 12);
+        op.complete_piece(0, 4, 4);
+        op.complete_piece(8, 4, -(libc::EINVAL as isize));
+        op.complete_piece(4, 4, 2);
+        let s = lock(&op.slot);
+        assert_eq!((s.errno, s.short_at), (None, Some(6)));
+        drop(s);
+        // The first piece refused with EINVAL is an error (the read starts past the end).
+        let op = Op::new(1, true, 4);
+        op.complete_piece(0, 4, -(libc::EINVAL as isize));
+        assert_eq!(lock(&op.slot).errno, Some(libc::EINVAL));
     }
 
     #[test]
     fn parked_items_go_to_the_reaper() {
-        let op = Op {
-            slot: Mutex::new(Slot {
-                pending: 1,
-                ..Slot::default()
-            }),
-        };
+        let op = Op::new(1, false, 1);
         // Park a buffer as a dropped future would, then complete: the last completion
         // takes it (and hands it to the reaper thread).
         assert!(reaper().is_some());
@@ -821,7 +917,7 @@ mod tests {
             image: None,
             data: Data::Vec(vec![0u8; 1 << 20]),
         });
-        op.complete_piece(0, 1, false, 0);
+        op.complete_piece(0, 1, 0);
         let s = lock(&op.slot);
         assert!(s.done);
         assert!(s.parked.is_none());

@@ -1,6 +1,8 @@
 //! The open image handle ([`Image`]) and how to open one ([`OpenOptions`]).
 
+use std::ffi::c_void;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result, check};
@@ -47,6 +49,40 @@ pub(crate) struct ImageHandle {
     namespace: String,
     /// The name or id it was opened by, for error messages.
     label: String,
+    /// The image size last seen through this handle, for reads: see
+    /// [`ImageHandle::size_hint`]. Shared with librbd's update-watch callback.
+    hint: Arc<SizeHint>,
+    /// The `rbd_update_watch` registration that keeps `hint` honest; `None` if it failed
+    /// (then there is no hint: every read asks librbd for the size).
+    update_watch: Option<u64>,
+}
+
+/// The image size last seen through one handle (0: not known), and a count of the image
+/// changes librbd has announced since (header updates: a resize here or by any other
+/// client, a snapshot rollback...).
+#[derive(Default)]
+pub(crate) struct SizeHint {
+    size: AtomicU64,
+    changes: AtomicU64,
+}
+
+impl SizeHint {
+    /// Forgets the size: the image changed, or may have.
+    fn invalidate(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.size.store(0, Ordering::SeqCst);
+    }
+}
+
+/// `rbd_update_callback_t`: librbd saw the image's header change (it calls the update
+/// watchers before it acknowledges the change's notification, so before a resize made by
+/// another client returns there).
+unsafe extern "C" fn size_hint_changed(arg: *mut c_void) {
+    // SAFETY: `arg` is the `SizeHint` of the handle that registered this watch; the handle
+    // keeps it alive (in an Arc) until after `rbd_update_unwatch`, which waits for
+    // callbacks in progress. Atomics only: nothing here can unwind.
+    let hint = unsafe { &*arg.cast_const().cast::<SizeHint>() };
+    hint.invalidate();
 }
 
 // SAFETY: librbd's `ImageCtx` guards its state with internal locks and supports concurrent
@@ -59,6 +95,7 @@ unsafe impl Sync for ImageHandle {}
 impl Drop for ImageHandle {
     fn drop(&mut self) {
         if !self.ptr.is_null() {
+            self.unwatch_updates();
             // SAFETY: `ptr` came from rbd_open* and is closed once (`close` nulls it
             // first). No operation is in flight: each one holds an Arc to this handle.
             unsafe { sys::rbd_close(self.ptr) };
@@ -71,6 +108,70 @@ impl ImageHandle {
         self.ptr
     }
 
+    /// Registers the update watch that invalidates the size hint (`rbd_update_watch`).
+    /// Without it (it failed) there is no size hint.
+    fn watch_updates(ptr: sys::rbd_image_t, hint: &Arc<SizeHint>) -> Option<u64> {
+        let mut h = 0u64;
+        // SAFETY: `ptr` is an open handle; `arg` is the SizeHint, which the handle keeps
+        // alive until it unregisters the watch (`unwatch_updates`, before `rbd_close`).
+        let ret = unsafe {
+            sys::rbd_update_watch(
+                ptr,
+                &mut h,
+                Some(size_hint_changed),
+                Arc::as_ptr(hint).cast_mut().cast(),
+            )
+        };
+        (ret == 0).then_some(h)
+    }
+
+    /// Unregisters the update watch (`rbd_update_unwatch`, which waits for a callback in
+    /// progress), before the handle is closed. Its error is ignored: the handle is closed
+    /// next, which drops every watch.
+    fn unwatch_updates(&mut self) {
+        if let Some(h) = self.update_watch.take() {
+            // SAFETY: open handle; `h` is its registration, unregistered once.
+            unsafe { sys::rbd_update_unwatch(self.ptr, h) };
+        }
+    }
+
+    /// The size last seen by [`Image::size`] on this handle, or 0: not known yet, or
+    /// forgotten because the image changed since. librbd announces every change of the
+    /// image's header (a resize here or by another client) to the handle's update
+    /// watchers, and ours forgets the size; for a change made by another client, that
+    /// happens before the change returns there. So reads inside the hint skip
+    /// `rbd_get_size` (see `aio.rs`), and any other read asks librbd. Writes never use it.
+    pub(crate) fn size_hint(&self) -> u64 {
+        self.hint.size.load(Ordering::SeqCst)
+    }
+
+    /// A token for [`ImageHandle::set_size_hint`]: take it before asking librbd for the
+    /// size.
+    pub(crate) fn size_hint_token(&self) -> u64 {
+        self.hint.changes.load(Ordering::SeqCst)
+    }
+
+    /// Records a size just read from librbd, unless the image changed since `token` was
+    /// taken (then the size may predate the change) or there is no update watch.
+    pub(crate) fn set_size_hint(&self, token: u64, size: u64) {
+        if self.update_watch.is_none() {
+            return;
+        }
+        self.hint.size.store(size, Ordering::SeqCst);
+        // A change announced meanwhile forgets it again. Either its count is seen here,
+        // or it comes after this store in the one order of SeqCst operations, and so does
+        // its own store of 0.
+        if self.hint.changes.load(Ordering::SeqCst) != token {
+            self.hint.size.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Forgets the size hint (the image changed through this handle, or a read suggests
+    /// it did).
+    pub(crate) fn forget_size_hint(&self) {
+        self.hint.invalidate();
+    }
+
     /// Error context naming the image (pool, namespace, name or id).
     pub(crate) fn ctx(&self) -> Context {
         Context::pool(&self.pool)
@@ -80,6 +181,7 @@ impl ImageHandle {
 
     /// `rbd_close`, reporting its error; Drop then does nothing.
     fn close(mut self, ctx: Context) -> Result<()> {
+        self.unwatch_updates();
         let ptr = std::mem::replace(&mut self.ptr, std::ptr::null_mut());
         // SAFETY: `ptr` is the open handle and we own the last reference (nothing in
         // flight); nulling it first means Drop will not close it again.
@@ -190,6 +292,8 @@ impl Image {
                 None => c,
             }
         })?;
+        let hint = Arc::new(SizeHint::default());
+        let update_watch = ImageHandle::watch_updates(ptr, &hint);
         Ok(Image {
             ptr,
             handle: Arc::new(ImageHandle {
@@ -198,6 +302,8 @@ impl Image {
                 pool: io.pool_name().to_owned(),
                 namespace: io.namespace().to_owned(),
                 label: label.to_owned(),
+                hint,
+                update_watch,
             }),
             read_only: opts.read_only,
             snapshot: opts.snapshot.clone(),

@@ -256,7 +256,10 @@ impl Image {
 
     /// Size in bytes, at the opened snapshot or the head (`rbd_get_size`).
     pub fn size(&self) -> Result<u64> {
-        self.get_u64("rbd_get_size", sys::rbd_get_size)
+        let token = self.handle.size_hint_token();
+        let size = self.get_u64("rbd_get_size", sys::rbd_get_size)?;
+        self.handle.set_size_hint(token, size);
+        Ok(size)
     }
 
     /// Enabled features (`rbd_get_features`).
@@ -399,6 +402,8 @@ impl Image {
             )
         };
         p.finish();
+        // Whatever happened, the size may have changed: ask librbd next time.
+        self.handle.forget_size_hint();
         check(ret, "rbd_resize2", || self.ctx())?;
         Ok(())
     }

@@ -237,6 +237,8 @@ impl Image {
         let c = snap_cstring(name)?;
         // SAFETY: open image handle and C string.
         let ret = unsafe { sys::rbd_snap_rollback(self.ptr, c.as_ptr()) };
+        // A rollback takes the snapshot's size too.
+        self.handle.forget_size_hint();
         check(ret, "rbd_snap_rollback", || self.snap_ctx(name))?;
         Ok(())
     }
@@ -256,6 +258,7 @@ impl Image {
             sys::rbd_snap_rollback_with_progress(self.ptr, c.as_ptr(), p.callback(), p.data())
         };
         p.finish();
+        self.handle.forget_size_hint();
         check(ret, "rbd_snap_rollback_with_progress", || {
             self.snap_ctx(name)
         })?;
@@ -282,6 +285,8 @@ impl Image {
         // keeps our own sync calls out; aio still in flight is safe too, as librbd blocks
         // writes and waits for those in flight before it switches (SetSnapRequest).
         let ret = unsafe { sys::rbd_snap_set(self.ptr, p) };
+        // The snapshot's size applies from now on (or still the old one on failure).
+        self.handle.forget_size_hint();
         check(ret, "rbd_snap_set", || match name {
             Some(n) => self.snap_ctx(n),
             None => self.ctx(),
@@ -299,6 +304,7 @@ impl Image {
         // SAFETY: open image handle; as in snap_set, librbd serializes the switch with
         // I/O in flight.
         let ret = unsafe { sys::rbd_snap_set_by_id(self.ptr, raw) };
+        self.handle.forget_size_hint();
         check(ret, "rbd_snap_set_by_id", || {
             self.ctx().with_snap(format!("#{raw}"))
         })?;
