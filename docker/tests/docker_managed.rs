@@ -1,7 +1,9 @@
 //! The managed plugin: `docker/plugin/build.sh` assembles the rootfs from the built binaries
 //! and their shared libraries (no registry), `docker plugin create` + `set` + `enable` it on
 //! a dockerd of the test's own, and a container writes to a volume through it that a
-//! second container reads back.
+//! second container reads back. The plugin runs as PID 1 of its PID namespace: the
+//! mapper it adopts from a volume worker that retired while the volume was mounted is
+//! reaped once it exits.
 //!
 //! Needs `CEPH_CONF`, `DOCKER_HOST` (gating), root, and the `rbd-umap` binary next to the
 //! plugin binary (`cargo build -p rbd-driver --bins`; a workspace build has it).
@@ -90,6 +92,9 @@ fn managed_plugin_builds_installs_and_serves_a_container() {
         "RBD_BACKEND=userspace".to_string(),
         format!("RBD_NODE_ID={node}"),
         "RBD_LOG=debug".to_string(),
+        // Volume workers retire within a second, so the first container's mapper
+        // outlives the worker that started it (see the zombie check below).
+        "RBD_WORKER_IDLE=1".to_string(),
     ];
     let mut cmd = Command::new(testkit::workspace_root().join("docker/plugin/build.sh"));
     cmd.arg("--name")
@@ -148,7 +153,9 @@ fn managed_plugin_builds_installs_and_serves_a_container() {
         IMAGE,
         "sh",
         "-c",
-        "echo through-the-managed-plugin > /data/f && sync",
+        // The sleep outlasts the volume worker's idle time: it retires while the volume
+        // is mounted, and its mapper is handed to the plugin (PID 1 of its namespace).
+        "echo through-the-managed-plugin > /data/f && sync && sleep 3",
     ]);
     assert!(
         out.status.success(),
@@ -179,5 +186,67 @@ fn managed_plugin_builds_installs_and_serves_a_container() {
     );
     d.ok(&["volume", "rm", &v]);
     assert!(!ceph.image_exists("rbd", &v), "rbd ls still shows {v}");
+
+    // The plugin is PID 1 of its PID namespace: the mappers it adopted from retired
+    // workers are reaped once they exit, not left as zombies.
+    let pid = plugin_pid(&node).expect("the managed plugin's process");
+    assert!(
+        dockerd_log().contains("reaping orphaned processes"),
+        "the plugin did not start its reaper:\n{}",
+        dockerd_log()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let z = zombie_children(pid);
+        if z.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zombies under the plugin (pid {pid}): {z:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(plugin);
+}
+
+/// The host pid of the managed plugin's process: PID 1 of its own PID namespace, whose
+/// environment carries this test's unique node id.
+fn plugin_pid(node: &str) -> Option<u32> {
+    let want = format!("RBD_NODE_ID={node}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let ns_init = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|v| v.split_whitespace().last() == Some("1"));
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        (ns_init && env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())).then_some(pid)
+    })
+}
+
+/// The children of `pid` that are zombies.
+fn zombie_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            if stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
