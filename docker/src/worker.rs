@@ -34,7 +34,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rbd_driver::volume::{CreateSpec, Driver};
@@ -44,6 +44,12 @@ use crate::backend::VolumeEntry;
 use crate::config::PluginConfig;
 use crate::error::{PluginError, Result, chain};
 use crate::service::FailureKind;
+
+/// Locks `m`, also when a thread panicked while holding it (the data stays usable: every
+/// critical section here leaves it consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The flag that makes the executable a volume worker.
 pub const WORKER_FLAG: &str = "--volume-worker";
@@ -253,7 +259,7 @@ impl Worker {
     fn send(&self, msg: &ToWorker) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut g = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.stdin);
         match g.as_mut() {
             Some(w) => w.write_all(&line).and_then(|()| w.flush()),
             None => Err(std::io::Error::new(
@@ -264,16 +270,11 @@ impl Worker {
     }
 
     fn close(&self) {
-        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock(&self.stdin).take();
     }
 
     fn fail_pending(&self, why: &str) {
-        let pending: Vec<_> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let pending: Vec<_> = lock(&self.pending).drain().collect();
         for (_, tx) in pending {
             let _ = tx.send(Err(PluginError::Worker {
                 message: why.to_string(),
@@ -330,9 +331,7 @@ impl WorkerPool {
 
     /// The running worker's pid, if one runs.
     pub fn worker_pid(&self) -> Option<u32> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.current)
             .as_ref()
             .filter(|w| !w.dead.load(Ordering::Relaxed))
             .map(|w| w.pid)
@@ -347,16 +346,10 @@ impl WorkerPool {
             let (w, fresh) = self.acquire()?;
             let id = w.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = mpsc::channel();
-            w.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, tx);
+            lock(&w.pending).insert(id, tx);
             let sent = w.send(&ToWorker::Call { id, op: op.clone() });
             if let Err(e) = sent {
-                w.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                lock(&w.pending).remove(&id);
                 self.release(&w);
                 if fresh || tried_fresh {
                     return Err(PluginError::Io {
@@ -384,7 +377,7 @@ impl WorkerPool {
     /// The running worker, or a new one; counted busy (under the lock the retirer takes,
     /// so it is never retired between this and its call).
     fn acquire(&self) -> Result<(Arc<Worker>, bool)> {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = lock(&self.current);
         if let Some(w) = cur.as_ref()
             && !w.dead.load(Ordering::Relaxed)
         {
@@ -401,20 +394,15 @@ impl WorkerPool {
     }
 
     fn release(&self, w: &Worker) {
-        *w.last_done.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *lock(&w.last_done) = Instant::now();
         w.busy.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn retire_if_idle(&self) {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = lock(&self.current);
         let idle = cur.as_ref().is_some_and(|w| {
             w.dead.load(Ordering::Relaxed)
-                || (w.busy.load(Ordering::SeqCst) == 0
-                    && w.last_done
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .elapsed()
-                        >= self.idle)
+                || (w.busy.load(Ordering::SeqCst) == 0 && lock(&w.last_done).elapsed() >= self.idle)
         });
         if idle && let Some(w) = cur.take() {
             if !w.dead.load(Ordering::Relaxed) {
@@ -471,21 +459,17 @@ impl WorkerPool {
     /// calls it has first); then kills it. No new worker starts afterwards.
     pub fn shutdown(&self, grace: Duration) {
         self.stop.store(true, Ordering::Relaxed);
-        let w = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let w = lock(&self.current).take();
         let Some(w) = w else { return };
         w.close();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if w.exited.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            if lock(&w.exited).is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(c) = w.child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(c) = lock(&w.child).as_mut() {
             tracing::warn!(
                 "volume worker pid {} did not exit within {grace:?}; killing it",
                 w.pid
@@ -505,11 +489,7 @@ fn read_worker(w: &Arc<Worker>, stdout: std::process::ChildStdout, serve: &Serve
             Ok(FromWorker::Ready { pid }) => tracing::debug!("volume worker pid {pid} connected"),
             Ok(FromWorker::Failed { message }) => failed = Some(message),
             Ok(FromWorker::Done { id, result }) => {
-                let tx = w
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                let tx = lock(&w.pending).remove(&id);
                 if let Some(tx) = tx {
                     let _ = tx.send(result.map_err(PluginError::from));
                 }
@@ -534,7 +514,7 @@ fn read_worker(w: &Arc<Worker>, stdout: std::process::ChildStdout, serve: &Serve
     // Reap it: it exits right after closing its output (a kill makes sure after 10 s).
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let mut g = w.child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&w.child);
         let Some(c) = g.as_mut() else {
             break "gone".to_string();
         };
@@ -566,7 +546,7 @@ fn read_worker(w: &Arc<Worker>, stdout: std::process::ChildStdout, serve: &Serve
     };
     w.fail_pending(&why);
     tracing::debug!("volume worker pid {} exited: {status}", w.pid);
-    *w.exited.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    *lock(&w.exited) = Some(status);
 }
 
 /// The worker's end of the protocol: where it writes, and its open `serve-pool` requests.
@@ -582,7 +562,7 @@ impl Upstream {
             return;
         };
         line.push(b'\n');
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = lock(&self.out);
         // The plugin is gone if this fails; the worker ends at its stdin's EOF.
         let _ = out.write_all(&line).and_then(|()| out.flush());
     }
@@ -590,19 +570,13 @@ impl Upstream {
     fn serve_pool(&self, pool: &str) -> rbd_driver::Result<()> {
         let id = self.next_up.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        self.upcalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+        lock(&self.upcalls).insert(id, tx);
         self.send(&FromWorker::ServePool {
             id,
             pool: pool.to_string(),
         });
         let out = rx.recv_timeout(SERVE_POOL_TIMEOUT);
-        self.upcalls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        lock(&self.upcalls).remove(&id);
         match out {
             Ok(None) => Ok(()),
             Ok(Some(e)) => Err(rbd_driver::DriverError::io(
@@ -702,11 +676,7 @@ pub fn serve(cfg: &PluginConfig) -> ExitCode {
                 calls.retain(|t| !t.is_finished());
             }
             Ok(ToWorker::PoolServed { id, error }) => {
-                let tx = up
-                    .upcalls
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                let tx = lock(&up.upcalls).remove(&id);
                 if let Some(tx) = tx {
                     let _ = tx.send(error);
                 }

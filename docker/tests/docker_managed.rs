@@ -197,7 +197,10 @@ fn managed_plugin_builds_installs_and_serves_a_container() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let z = zombie_children(pid);
+        let z: Vec<u32> = children(pid)
+            .into_iter()
+            .filter(|c| is_zombie(*c))
+            .collect();
         if z.is_empty() {
             break;
         }
@@ -224,29 +227,4 @@ fn plugin_pid(node: &str) -> Option<u32> {
         let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
         (ns_init && env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())).then_some(pid)
     })
-}
-
-/// The children of `pid` that are zombies.
-fn zombie_children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in list
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-        {
-            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
-            if stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-            {
-                out.push(c);
-            }
-        }
-    }
-    out
 }

@@ -16,14 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn setup(prefix: &str) -> Option<(std::path::PathBuf, TempDir)> {
-    let conf = testkit::ceph_conf()?;
-    if !testkit::require_root() {
-        return None;
-    }
-    Some((conf, TempDir::new(prefix)))
-}
-
 #[test]
 fn activate_capabilities_content_type_and_socket_mode() {
     let Some((conf, dir)) = setup("proto-act") else {

@@ -23,43 +23,13 @@ fn maps_librbd(pid: u32) -> bool {
 /// The running volume workers of the plugin `pid`: its children started with
 /// `--volume-worker`.
 fn workers(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in children
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-        {
+    children(pid)
+        .into_iter()
+        .filter(|c| {
             let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            if !zombie && cmd.split(|b| *b == 0).any(|a| a == b"--volume-worker") {
-                out.push(c);
-            }
-        }
-    }
-    out
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn setup(prefix: &str) -> Option<(std::path::PathBuf, TempDir)> {
-    let conf = testkit::ceph_conf()?;
-    if !testkit::require_root() {
-        return None;
-    }
-    Some((conf, TempDir::new(prefix)))
+            !is_zombie(*c) && cmd.split(|b| *b == 0).any(|a| a == b"--volume-worker")
+        })
+        .collect()
 }
 
 #[test]
@@ -118,9 +88,11 @@ fn librbd_stays_out_of_the_plugin_and_the_idle_worker_exits() {
     assert_eq!(r.json()["Mountpoint"], json!(mp));
 
     // The worker retires while the volume stays mounted; the mapper keeps serving it.
-    wait_for("the idle worker exits", Duration::from_secs(20), || {
-        workers(pid).is_empty()
-    });
+    assert!(
+        wait_until(Duration::from_secs(20), || workers(pid).is_empty()),
+        "the idle worker did not exit: {:?}",
+        workers(pid)
+    );
     assert_eq!(std::fs::read(format!("{mp}/f")).unwrap(), b"data");
     // Reconciles with a mapped volume (rbd_directory is read with librados) keep
     // librbd out of the plugin.
@@ -145,9 +117,11 @@ fn librbd_stays_out_of_the_plugin_and_the_idle_worker_exits() {
     assert_eq!(r.err(), "", "remove: {}", r.err());
     assert!(!ceph.image_exists("rbd", &name));
     assert!(!maps_librbd(pid), "the plugin loaded librbd");
-    wait_for("the idle worker exits", Duration::from_secs(20), || {
-        workers(pid).is_empty()
-    });
+    assert!(
+        wait_until(Duration::from_secs(20), || workers(pid).is_empty()),
+        "the idle worker did not exit: {:?}",
+        workers(pid)
+    );
 }
 
 #[test]
@@ -209,38 +183,18 @@ fn a_dead_worker_fails_its_calls_and_the_next_call_gets_a_new_one() {
 }
 
 /// Removes a pool (test cleanup, also on failure).
-struct PoolGuard {
-    conf: std::path::PathBuf,
+struct PoolGuard<'a> {
+    ceph: &'a Ceph,
     pool: String,
 }
 
-impl Drop for PoolGuard {
+impl Drop for PoolGuard<'_> {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("timeout")
-            .arg("60")
-            .arg("ceph")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["osd", "pool", "rm", &self.pool, &self.pool])
-            .arg("--yes-i-really-really-mean-it")
-            .output();
+        let p = self.pool.as_str();
+        let _ = self
+            .ceph
+            .ceph(&["osd", "pool", "rm", p, p, "--yes-i-really-really-mean-it"]);
     }
-}
-
-fn cli(conf: &std::path::Path, tool: &str, args: &[&str]) {
-    let out = std::process::Command::new("timeout")
-        .arg("60")
-        .arg(tool)
-        .arg("-c")
-        .arg(conf)
-        .args(args)
-        .output()
-        .expect("run the ceph CLI");
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A volume mounted in a pool the node daemon did not answer in: the worker asks the
@@ -251,13 +205,17 @@ fn the_worker_has_the_plugins_daemon_serve_a_new_pool_before_registering() {
     let Some((conf, dir)) = setup("worker-pool") else {
         return;
     };
+    let ceph = Ceph::new(&conf);
     let pool = testkit::unique("wpool");
     let _pool_guard = PoolGuard {
-        conf: conf.clone(),
+        ceph: &ceph,
         pool: pool.clone(),
     };
-    cli(&conf, "ceph", &["osd", "pool", "create", &pool, "8"]);
-    cli(&conf, "rbd", &["pool", "init", &pool]);
+    check(
+        "ceph osd pool create",
+        &ceph.ceph(&["osd", "pool", "create", &pool, "8"]),
+    );
+    check("rbd pool init", &ceph.rbd(&["pool", "init", &pool]));
     let mut spec = PluginSpec::new(&conf, dir.path());
     // No periodic reconcile during the test: only the worker's request can add the pool.
     spec.env

@@ -21,7 +21,7 @@ use serde_json::Value;
 #[allow(unused_imports)]
 pub use testkit::TempDir;
 #[allow(unused_imports)]
-pub use testkit::cmd::{check, run, text};
+pub use testkit::cmd::{check, run, text, wait_until};
 #[allow(unused_imports)]
 pub use testkit::docker::{Container, Dockerd, IMAGE, docker_ok};
 
@@ -62,6 +62,55 @@ impl Ceph {
         let out = self.rbd(&["info", spec, "--format", "json"]);
         serde_json::from_str(&check("rbd info", &out)).expect("rbd info json")
     }
+    /// The `ceph` tool against the test cluster.
+    pub fn ceph(&self, args: &[&str]) -> Output {
+        run(
+            Command::new("ceph")
+                .arg("-c")
+                .arg(&self.conf)
+                .args(args)
+                .env_remove("CEPH_ARGS"),
+            Duration::from_secs(60),
+        )
+    }
+}
+
+/// The dev cluster's conf and a scratch dir, when the cluster and root are there (see
+/// testkit: a failure under CI=true, a skip otherwise).
+pub fn setup(prefix: &str) -> Option<(PathBuf, TempDir)> {
+    let conf = testkit::ceph_conf()?;
+    if !testkit::require_root() {
+        return None;
+    }
+    Some((conf, TempDir::new(prefix)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes, from /proc.
+
+/// The children of process `pid` (of all its threads, `/proc/PID/task/*/children`).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+/// Whether process `pid` is a zombie (exited, not reaped).
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
 
 // ---------------------------------------------------------------------------------------
